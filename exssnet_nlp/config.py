@@ -1,0 +1,151 @@
+"""`ExSSNetConfig`: what gets masked, how densely, and how tasks are learned."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+METHODS = ("exssnet", "ssnet", "supsup")
+SCORE_INITS = ("kaiming_uniform", "magnitude", "uniform")
+WEIGHT_INITS = ("pretrained", "signed_constant")
+POOLINGS = ("cls", "mean")
+TOPK_METHODS = ("auto", "topk", "kthvalue", "sort")
+HEAD_ACTIVATIONS = ("tanh", "gelu", "relu")
+
+# Attention projections and feed-forward layers of the encoder, per `model_type`.
+# Matched against the end of each module name (PEFT's convention).
+DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
+    "bert": ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
+    "roberta": ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
+    "xlm-roberta": ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
+    "electra": ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
+    "camembert": ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
+    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "ffn.lin1", "ffn.lin2"],
+}
+
+# The activation of each architecture's own sequence-classification head, so that a
+# CLS-pooled task exports to the encoder's `...ForSequenceClassification` exactly.
+DEFAULT_HEAD_ACTIVATION: dict[str, str] = {
+    "bert": "tanh",
+    "roberta": "tanh",
+    "xlm-roberta": "tanh",
+    "camembert": "tanh",
+    "electra": "gelu",
+    "distilbert": "relu",
+}
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"ExSSNetConfig.{name}={value!r} is not valid; allowed values: {', '.join(allowed)}.")
+
+
+@dataclass
+class ExSSNetConfig:
+    """Configuration of an `ExSSNetModel`.
+
+    Args:
+        density: Fraction of each targeted layer's weights that a task's mask keeps
+            (0 < density <= 1). A task's mask holds exactly `round(density * numel)` weights.
+        method: `exssnet` (masks, then training of the weights that no earlier task uses:
+            zero forgetting), `ssnet` (masks, then training of every weight in the mask:
+            forgets, a baseline) or `supsup` (masks only, weights fixed).
+        target_modules: Names of the `nn.Linear` modules to mask: a list of name suffixes,
+            or one string used as a regular expression that must match the full module name.
+            `None` takes the default for the encoder's `model_type` (attention projections and
+            feed-forward layers).
+        score_init: How a new task's scores start: `kaiming_uniform` (SupSup), `magnitude`
+            (|pretrained weight| plus a small random jitter: the first mask keeps the largest
+            weights) or `uniform` (U(0, 1)).
+        weight_init: `pretrained` keeps the encoder's weights (default); `signed_constant`
+            replaces each masked layer's weights by sign(w) * std(w), as in SupSup.
+        pooling: How the heads pool the last hidden state: `cls` (first token) or `mean`
+            (over non-padding tokens).
+        head_activation: Activation between the head's dense layer and its output layer;
+            `None` takes the one of the encoder's own classification head.
+        head_dropout: Dropout before each dense layer of the head.
+        topk_method: How the top-k is selected every mask-phase step: `auto` times each exact
+            method once per (shape, device) and keeps the fastest; or `topk`, `kthvalue`, `sort`.
+        seed: Seed for score initialisation (each task draws from `seed + task index`).
+    """
+
+    density: float = 0.1
+    method: str = "exssnet"
+    target_modules: list[str] | str | None = None
+    score_init: str = "magnitude"
+    weight_init: str = "pretrained"
+    pooling: str = "cls"
+    head_activation: str | None = None
+    head_dropout: float = 0.1
+    topk_method: str = "auto"
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            density = float(self.density)
+        except (TypeError, ValueError):
+            raise ValueError(f"ExSSNetConfig.density={self.density!r} must be a number with 0 < density <= 1.") from None
+        if not 0.0 < density <= 1.0:
+            raise ValueError(f"ExSSNetConfig.density={self.density!r} is out of range; use a value with 0 < density <= 1 (e.g. 0.1).")
+        self.density = density
+        _check_choice("method", self.method, METHODS)
+        _check_choice("score_init", self.score_init, SCORE_INITS)
+        _check_choice("weight_init", self.weight_init, WEIGHT_INITS)
+        _check_choice("pooling", self.pooling, POOLINGS)
+        _check_choice("topk_method", self.topk_method, TOPK_METHODS)
+        if self.head_activation is not None:
+            _check_choice("head_activation", self.head_activation, HEAD_ACTIVATIONS)
+        if not 0.0 <= float(self.head_dropout) < 1.0:
+            raise ValueError(f"ExSSNetConfig.head_dropout={self.head_dropout!r} must be in [0, 1).")
+        if self.target_modules is not None:
+            if isinstance(self.target_modules, str):
+                try:
+                    re.compile(self.target_modules)
+                except re.error as err:
+                    raise ValueError(f"ExSSNetConfig.target_modules={self.target_modules!r} is not a valid regex: {err}.") from None
+            elif not (isinstance(self.target_modules, (list, tuple)) and self.target_modules
+                      and all(isinstance(t, str) for t in self.target_modules)):
+                raise ValueError("ExSSNetConfig.target_modules must be None, a regex string or a non-empty list of module-name suffixes.")
+            else:
+                self.target_modules = list(self.target_modules)
+
+    # --- resolution against an encoder -------------------------------------------------
+    def resolved_target_modules(self, model_type: str) -> list[str] | str:
+        if self.target_modules is not None:
+            return self.target_modules
+        if model_type not in DEFAULT_TARGET_MODULES:
+            raise ValueError(
+                f"No default target_modules for model_type {model_type!r}; known: "
+                f"{', '.join(sorted(DEFAULT_TARGET_MODULES))}. Pass ExSSNetConfig(target_modules=[...]) with the "
+                "names of the nn.Linear layers to mask."
+            )
+        return DEFAULT_TARGET_MODULES[model_type]
+
+    def resolved_head_activation(self, model_type: str) -> str:
+        return self.head_activation or DEFAULT_HEAD_ACTIVATION.get(model_type, "tanh")
+
+    # --- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExSSNetConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown ExSSNetConfig field(s) {unknown}; known fields: {sorted(known)}.")
+        return cls(**data)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def to_json_file(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json_string() + "\n")
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> ExSSNetConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,210 @@
+"""`SupermaskLinear`: one `nn.Linear` of the encoder with per-task supermasks.
+
+State per layer:
+- `weight`, `bias`: the shared tensors, never parameters the optimizer can see.
+- `task_mask_{i}`: task i's finished mask as packed bits (registered buffer: survives `state_dict`).
+- `scores`: real-valued scores of the task being learned (mask phase), then dropped.
+- `exclusive_index`, `exclusive_values`: during the weight phase, the flat positions the task may
+  train and their values: the only weight values any optimizer can reach. `finish_task` writes them
+  back into `weight`; no later task owns them, so they never change again.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .masks import num_kept, pack_bits, straight_through_mask, topk_mask, unpack_bits
+
+MASK_PHASE = "mask"
+WEIGHT_PHASE = "weight"
+
+
+class SupermaskLinear(nn.Module):
+    """A drop-in replacement for `nn.Linear` whose weight is `weight * mask_task`."""
+
+    def __init__(self, base: nn.Linear, density: float, topk_method: str = "auto") -> None:
+        super().__init__()
+        self.in_features = base.in_features
+        self.out_features = base.out_features
+        self.weight = nn.Parameter(base.weight.detach(), requires_grad=False)
+        self.bias = None if base.bias is None else nn.Parameter(base.bias.detach(), requires_grad=False)
+        self.density = density
+        self.k = num_kept(self.weight.numel(), density)
+        self.topk_method = topk_method
+        self.num_finished = 0
+        self.active_task: int | None = None
+        self.learning_task: int | None = None
+        self.phase: str | None = None
+        self.register_parameter("scores", None)
+        self.register_parameter("exclusive_values", None)
+        self.register_buffer("exclusive_index", None)
+        self._phase_mask: torch.Tensor | None = None
+        self._cache_key: tuple | None = None
+        self._cache_weight: torch.Tensor | None = None
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"density={self.density}, k={self.k}, finished_tasks={self.num_finished}")
+
+    # --- masks of finished tasks -------------------------------------------------------------
+    def packed_mask(self, index: int) -> torch.Tensor:
+        if not 0 <= index < self.num_finished:
+            raise ValueError(f"task index {index} has no finished mask in this layer ({self.num_finished} finished).")
+        return getattr(self, f"task_mask_{index}")
+
+    def task_mask(self, index: int) -> torch.Tensor:
+        """Bool mask of task `index` (finished, or the one being learned)."""
+        if index == self.learning_task:
+            return self.current_mask()
+        return unpack_bits(self.packed_mask(index), self.weight.shape)
+
+    def union_mask(self, upto: int) -> torch.Tensor:
+        """Bool union of the masks of finished tasks 0..upto-1 (OR on packed bits: cheap)."""
+        upto = min(upto, self.num_finished)
+        if upto == 0:
+            return torch.zeros_like(self.weight, dtype=torch.bool)
+        packed = self.packed_mask(0).clone()
+        for i in range(1, upto):
+            packed |= self.packed_mask(i)
+        return unpack_bits(packed, self.weight.shape)
+
+    def add_finished_mask(self, packed: torch.Tensor) -> None:
+        """Register a finished task's packed mask (used by `finish_task` and checkpoint loading)."""
+        expected = (self.weight.numel() + 7) // 8
+        if packed.dtype != torch.uint8 or packed.numel() != expected:
+            raise ValueError(f"packed mask must be {expected} uint8 bytes for weight {tuple(self.weight.shape)}, "
+                             f"got {packed.numel()} {packed.dtype}.")
+        self.register_buffer(f"task_mask_{self.num_finished}", packed.to(self.weight.device))
+        self.num_finished += 1
+
+    # --- the task being learned -------------------------------------------------------------
+    def start_task(self, index: int, score_init: str, generator: torch.Generator) -> None:
+        if index != self.num_finished:
+            raise ValueError(f"cannot start task {index}: this layer has {self.num_finished} finished tasks.")
+        scores = torch.empty(self.weight.shape, dtype=torch.float32)
+        if score_init == "kaiming_uniform":
+            bound = 1.0 / math.sqrt(self.in_features)  # kaiming_uniform_(a=sqrt(5)), as nn.Linear and SupSup
+            scores.uniform_(-bound, bound, generator=generator)
+        elif score_init == "magnitude":
+            # Largest pretrained weights first; a 1% jitter breaks ties between equal magnitudes.
+            jitter = torch.rand(self.weight.shape, generator=generator)
+            scores = self.weight.detach().float().abs().cpu() * (1.0 + 0.01 * jitter)
+        elif score_init == "uniform":
+            scores.uniform_(0.0, 1.0, generator=generator)
+        else:
+            raise ValueError(f"unknown score_init {score_init!r}")
+        self.scores = nn.Parameter(scores.to(self.weight.device), requires_grad=False)
+        self.learning_task = index
+        self.phase = None
+        self._invalidate()
+
+    def set_scores_from_mask(self, mask: torch.Tensor, generator: torch.Generator) -> None:
+        """Start the current scores so that their top-k is exactly `mask` (which must hold k weights).
+
+        Kept weights score in [1, 2), the rest in [0, 1): learning moves them from there.
+        """
+        if self.scores is None:
+            raise ValueError("no task is being learned in this layer; call add_task first.")
+        if int(mask.sum()) != self.k:
+            raise ValueError(f"mask holds {int(mask.sum())} weights; this layer's masks hold exactly {self.k}.")
+        base = torch.rand(self.weight.shape, generator=generator).to(self.weight.device)
+        with torch.no_grad():
+            self.scores.copy_(base + mask.to(base.dtype))
+        self._invalidate()
+
+    def current_mask(self) -> torch.Tensor:
+        if self._phase_mask is not None:
+            return self._phase_mask
+        if self.scores is None:
+            raise ValueError("no task is being learned in this layer.")
+        return topk_mask(self.scores, self.k, self.topk_method)
+
+    def begin_mask_phase(self) -> None:
+        if self.scores is None:
+            raise ValueError("no task is being learned in this layer; call add_task first.")
+        self.phase = MASK_PHASE
+        self.scores.requires_grad_(True)
+        self._invalidate()
+
+    def begin_weight_phase(self, exclusive: bool) -> None:
+        """Fix the mask; make trainable the values at mask & ~(earlier masks) (`exclusive`) or at mask."""
+        mask = self.current_mask()
+        self.scores.requires_grad_(False)
+        self._phase_mask = mask
+        trainable = mask & ~self.union_mask(self.learning_task) if exclusive else mask
+        index = trainable.flatten().nonzero().squeeze(1)
+        self.exclusive_index = index
+        self.exclusive_values = nn.Parameter(self.weight.detach().flatten()[index].clone(), requires_grad=True)
+        self.phase = WEIGHT_PHASE
+        self._invalidate()
+
+    def finish_task(self) -> None:
+        """Freeze the task: trained values into `weight`, its mask into packed bits."""
+        mask = self.current_mask()
+        with torch.no_grad():
+            if self.exclusive_values is not None:
+                self.weight.view(-1)[self.exclusive_index] = self.exclusive_values.detach().to(self.weight.dtype)
+        self.scores = None
+        self.exclusive_values = None
+        self.exclusive_index = None
+        self._phase_mask = None
+        self.learning_task = None
+        self.phase = None
+        self.add_finished_mask(pack_bits(mask))
+        self._invalidate()
+
+    def discard_task(self) -> None:
+        """Drop the task being learned without keeping anything of it."""
+        self.scores = None
+        self.exclusive_values = None
+        self.exclusive_index = None
+        self._phase_mask = None
+        self.learning_task = None
+        self.phase = None
+        self._invalidate()
+
+    # --- forward ---------------------------------------------------------------------------
+    def _invalidate(self) -> None:
+        self._cache_key = None
+        self._cache_weight = None
+
+    def _versions(self) -> tuple:
+        # In-place updates (optimizer steps, finish_task) bump `_version`: a stale cache can't be hit.
+        return tuple(getattr(t, "_version", None) for t in (self.weight, self.scores, self.exclusive_values))
+
+    def effective_weight(self, task: int | None = None) -> torch.Tensor:
+        """`weight * mask_task` for `task` (default: the active task), with trained values in place."""
+        task = self.active_task if task is None else task
+        if task is None:
+            raise ValueError("no active task: call model.set_task(name) or pass task=... to forward.")
+        if task == self.learning_task:
+            if self.phase == WEIGHT_PHASE:
+                weight = self.weight
+                if self.exclusive_values is not None:
+                    weight = weight.flatten().scatter(0, self.exclusive_index, self.exclusive_values).view_as(weight)
+                return weight * self._phase_mask
+            if self.phase == MASK_PHASE and self.scores.requires_grad:
+                return self.weight * straight_through_mask(self.scores, self.k, self.topk_method).to(self.weight.dtype)
+            return self.weight * self.current_mask()
+        return self.weight * self.task_mask(task)
+
+    def _trains_active_task(self) -> bool:
+        if self.active_task is None or self.active_task != self.learning_task:
+            return False
+        return any(t is not None and t.requires_grad for t in (self.scores, self.exclusive_values))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and self._trains_active_task():
+            return F.linear(x, self.effective_weight(), self.bias)
+        # Nothing to differentiate: the masked weight is cached per (task, phase, tensor versions),
+        # so eval and inference run no top-k and no unpacking per call.
+        key = (self.active_task, self.phase if self.active_task == self.learning_task else None, self._versions())
+        if key != self._cache_key:
+            with torch.no_grad():
+                self._cache_weight = self.effective_weight()
+            self._cache_key = key
+        return F.linear(x, self._cache_weight, self.bias)
