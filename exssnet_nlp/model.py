@@ -335,8 +335,8 @@ class ExSSNetModel(nn.Module):
         total_loss = None
         for name in dict.fromkeys(task_names):
             rows = torch.tensor([i for i, t in enumerate(task_names) if t == name], device=input_ids.device)
-            pick = (lambda x: None if x is None else x[rows])
-            out = self.forward(input_ids[rows], pick(attention_mask), pick(token_type_ids), pick(labels), task=name)
+            picked = [None if x is None else x[rows] for x in (attention_mask, token_type_ids, labels)]
+            out = self.forward(input_ids[rows], *picked, task=name)
             logits[rows, : out.logits.shape[1]] = out.logits.float()
             if out.loss is not None:
                 part = out.loss * len(rows)
