@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny random encoders of several architectures, built offline from their configs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from transformers import (
+    BertConfig,
+    BertModel,
+    DistilBertConfig,
+    DistilBertModel,
+    ElectraConfig,
+    ElectraModel,
+    RobertaConfig,
+    RobertaModel,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+VOCAB = 120
+
+
+def tiny_encoder(arch: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    if arch == "bert":
+        return BertModel(BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64))
+    if arch == "roberta":
+        return RobertaModel(RobertaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                          intermediate_size=64, pad_token_id=1, max_position_embeddings=64))
+    if arch == "distilbert":
+        return DistilBertModel(DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=2, hidden_dim=64))
+    if arch == "electra":
+        return ElectraModel(ElectraConfig(vocab_size=VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                                          num_attention_heads=2, intermediate_size=64))
+    raise ValueError(arch)
+
+
+ARCHS = ["bert", "roberta", "distilbert", "electra"]
+
+
+@pytest.fixture(params=ARCHS)
+def arch(request) -> str:
+    return request.param
+
+
+def random_batch(batch: int = 8, length: int = 12, num_labels: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, VOCAB, (batch, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[: batch // 2, length - 3:] = 0
+    labels = torch.randint(0, num_labels, (batch,), generator=g)
+    return ids, mask, labels
+
+
+def train_steps(model, batch, steps: int = 3, lr: float = 1e-2, weight_decay: float = 0.0, optimizer: str = "adamw"):
+    """A few optimizer steps over *all* of model.parameters(): the model alone must protect old tasks."""
+    ids, mask, labels = batch
+    if optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    model.train()
+    for _ in range(steps):
+        out = model(ids, mask, labels=labels)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=False)  # keeps zero grads around: weight decay would hit any reachable tensor
+
+
+def learn_task(model, name: str, batch, num_labels: int, steps: int = 3, lr: float = 1e-2, weight_decay: float = 0.0,
+               optimizer: str = "adamw") -> None:
+    model.add_task(name, num_labels)
+    model.begin_mask_phase()
+    train_steps(model, batch, steps, lr, weight_decay, optimizer)
+    if model.config.method != "supsup":
+        model.begin_weight_phase()
+        train_steps(model, batch, steps, lr, weight_decay, optimizer)
+    model.finish_task()

@@ -1,0 +1,291 @@
+"""The core: exact masks, straight-through gradients, exclusive training and zero forgetting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import learn_task, random_batch, tiny_encoder, train_steps
+
+from exssnet_nlp import ExSSNetConfig, ExSSNetModel, SupermaskLinear
+from exssnet_nlp.masks import num_kept, pack_bits, topk_mask, unpack_bits
+
+
+def make(arch: str, method: str = "exssnet", density: float = 0.1, **kw) -> ExSSNetModel:
+    return ExSSNetModel.from_encoder(tiny_encoder(arch), ExSSNetConfig(density=density, method=method, **kw))
+
+
+def logits_of(model: ExSSNetModel, task: str, batch) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(batch[0], batch[1], task=task).logits.clone()
+
+
+# --- mask functions --------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["topk", "kthvalue", "sort", "auto"])
+def test_topk_mask_is_exact_and_method_independent(method):
+    scores = torch.randn(37, 19)
+    scores[0, :10] = 0.5  # ties at the threshold
+    scores[1, :10] = -0.5
+    for k in (1, 7, 20, 300, scores.numel()):
+        mask = topk_mask(scores, k, method)
+        assert int(mask.sum()) == k
+        assert torch.equal(mask, topk_mask(scores, k, "sort"))
+        if k < scores.numel():
+            assert scores.abs()[mask].min() >= scores.abs()[~mask].max()
+
+
+def test_ties_go_to_lowest_index():
+    scores = torch.ones(10)
+    assert topk_mask(scores, 3, "topk").tolist() == [True] * 3 + [False] * 7
+
+
+@pytest.mark.parametrize("shape", [(8,), (3, 5), (17, 3), (64, 32)])
+def test_pack_unpack_round_trip(shape):
+    mask = torch.rand(shape) > 0.5
+    packed = pack_bits(mask)
+    assert packed.dtype == torch.uint8 and packed.numel() == (mask.numel() + 7) // 8
+    assert torch.equal(unpack_bits(packed, shape), mask)
+    with pytest.raises(ValueError, match="uint8 bytes"):
+        unpack_bits(packed[:-1], shape)
+
+
+# --- config ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("field,value", [("density", 0.0), ("density", 1.5), ("density", "x"), ("method", "packnet"),
+                                         ("score_init", "zeros"), ("pooling", "max"), ("weight_init", "random"),
+                                         ("topk_method", "heap"), ("target_modules", "(")])
+def test_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        ExSSNetConfig(**{field: value})
+
+
+def test_config_json_round_trip(tmp_path):
+    config = ExSSNetConfig(density=0.05, method="ssnet", target_modules=["query", "value"], pooling="mean")
+    config.to_json_file(tmp_path / "c.json")
+    assert ExSSNetConfig.from_json_file(tmp_path / "c.json") == config
+    with pytest.raises(ValueError, match="Unknown ExSSNetConfig field"):
+        ExSSNetConfig.from_dict({"densty": 0.1})
+
+
+# --- injection ---------------------------------------------------------------------------------
+def test_injection_targets_attention_and_ffn(arch):
+    model = make(arch)
+    layers = model.supermask_layers()
+    per_block = 6  # q, k, v, attention output, ffn in, ffn out
+    assert len(layers) == 2 * per_block
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_unknown_target_modules_error():
+    with pytest.raises(ValueError, match="matched no nn.Linear"):
+        make("bert", target_modules=["nonexistent"])
+
+
+def test_regex_target_modules():
+    model = make("bert", target_modules=r".*attention\.self\.(query|value)")
+    assert len(model.supermask_layers()) == 4
+
+
+# --- masks per layer ----------------------------------------------------------------------------
+@pytest.mark.parametrize("density", [0.03, 0.1, 0.5, 1.0])
+def test_exact_density_per_layer(arch, density):
+    model = make(arch, density=density)
+    model.add_task("a", 3)
+    for name, mask in model.task_mask("a").items():
+        assert int(mask.sum()) == num_kept(mask.numel(), density), name
+    model.begin_mask_phase()
+    train_steps(model, random_batch())
+    model.finish_task()
+    for name, mask in model.task_mask("a").items():
+        assert int(mask.sum()) == round(density * mask.numel()), name
+
+
+def test_straight_through_gradient_reaches_scores(arch):
+    model = make(arch)
+    model.add_task("a", 3)
+    model.begin_mask_phase()
+    ids, mask, labels = random_batch()
+    model(ids, mask, labels=labels).loss.backward()
+    for name, layer in model.supermask_layers().items():
+        assert layer.scores.grad is not None and layer.scores.grad.abs().sum() > 0, name
+        assert layer.weight.grad is None
+
+
+def test_exclusive_mask_is_mask_minus_union_of_earlier(arch):
+    model = make(arch, density=0.3)
+    for i, name in enumerate(["a", "b", "c"]):
+        learn_task(model, name, random_batch(seed=i), 3)
+    masks = {t: model.task_mask(t) for t in model.tasks}
+    for t_index, task in enumerate(model.tasks):
+        excl = model.exclusive_mask(task)
+        for layer_name in excl:
+            union = torch.zeros_like(excl[layer_name])
+            for earlier in model.tasks[:t_index]:
+                union |= masks[earlier][layer_name]
+            assert torch.equal(excl[layer_name], masks[task][layer_name] & ~union)
+
+
+def test_weight_phase_trains_only_exclusive_positions():
+    model = make("bert", density=0.3)
+    learn_task(model, "a", random_batch(seed=0), 3)
+    before = {n: layer.weight.detach().clone() for n, layer in model.supermask_layers().items()}
+    model.add_task("b", 2)
+    model.begin_mask_phase()
+    train_steps(model, random_batch(num_labels=2, seed=1))
+    model.begin_weight_phase()
+    train_steps(model, random_batch(num_labels=2, seed=1), lr=0.5, weight_decay=0.1)
+    model.finish_task()
+    excl = model.exclusive_mask("b")
+    for name, layer in model.supermask_layers().items():
+        changed = layer.weight.detach() != before[name]
+        assert changed.any(), name
+        assert not (changed & ~excl[name]).any(), f"{name}: a weight outside b's exclusive set changed"
+
+
+# --- zero forgetting ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("method,forgets", [("exssnet", False), ("supsup", False), ("ssnet", True)])
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_old_task_logits_unchanged(arch, method, forgets, optimizer):
+    model = make(arch, method=method, density=0.3)
+    batch_a, batch_b = random_batch(seed=0), random_batch(num_labels=2, seed=1)
+    learn_task(model, "a", batch_a, 3, optimizer=optimizer)
+    logits_a = logits_of(model, "a", batch_a)
+    head_a = {k: v.clone() for k, v in model.heads["0"].state_dict().items()}
+    # Task 2 at a high learning rate with weight decay, every model parameter handed to the optimizer.
+    learn_task(model, "b", batch_b, 2, lr=0.5, weight_decay=0.1, optimizer=optimizer)
+    after = logits_of(model, "a", batch_a)
+    assert torch.equal(after, logits_a) != forgets
+    for k, v in model.heads["0"].state_dict().items():
+        assert torch.equal(v, head_a[k])
+
+
+def test_old_task_unchanged_in_train_mode_forward_too():
+    model = make("bert", density=0.3)
+    batch = random_batch()
+    learn_task(model, "a", batch, 3)
+    expected = logits_of(model, "a", batch)
+    model.add_task("b", 2)
+    model.begin_mask_phase()
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(batch[0], batch[1], task="a").logits, expected)
+
+
+# --- storage and caching -------------------------------------------------------------------------------
+def test_packed_storage_per_finished_task():
+    model = make("bert", density=0.1)
+    batch = random_batch()
+    learn_task(model, "a", batch, 3)
+    learn_task(model, "b", batch, 3)
+    for layer in model.supermask_layers().values():
+        assert layer.scores is None and layer.exclusive_values is None
+        for i in range(2):
+            packed = layer.packed_mask(i)
+            assert packed.dtype == torch.uint8
+            assert packed.numel() == (layer.weight.numel() + 7) // 8  # 1 bit per weight, not 4 bytes
+        assert "task_mask_1" in dict(layer.named_buffers())
+    state = model.state_dict()
+    assert any(k.endswith("task_mask_1") for k in state)
+    assert not any(k.endswith("scores") for k in state)
+
+
+def test_cached_masks_match_uncached(arch):
+    model = make(arch)
+    batch = random_batch()
+    learn_task(model, "a", batch, 3)
+    learn_task(model, "b", batch, 3)
+    model.eval()
+    for task in ("a", "b"):
+        cached = logits_of(model, task, batch)
+        for layer in model.supermask_layers().values():
+            layer._invalidate()
+        with torch.no_grad():
+            model.set_task(task)
+            uncached = model(batch[0], batch[1]).logits
+        assert torch.equal(cached, uncached)
+    # No top-k in eval forward: the cache key is stable across calls.
+    layer = next(iter(model.supermask_layers().values()))
+    key = layer._cache_key
+    logits_of(model, "b", batch)
+    assert layer._cache_key == key
+
+
+def test_mixed_batch_matches_per_task():
+    model = make("bert")
+    batch = random_batch()
+    learn_task(model, "a", batch, 3)
+    learn_task(model, "b", random_batch(num_labels=2), 2)
+    names = ["a", "b"] * 4
+    model.eval()
+    with torch.no_grad():
+        mixed = model(batch[0], batch[1], task=names).logits
+        a = model(batch[0], batch[1], task="a").logits
+        b = model(batch[0], batch[1], task="b").logits
+    assert torch.allclose(mixed[0::2, :3], a[0::2], atol=1e-6)
+    assert torch.allclose(mixed[1::2, :2], b[1::2], atol=1e-6)
+    assert torch.isinf(mixed[1::2, 2]).all()
+
+
+# --- API errors --------------------------------------------------------------------------------------
+def test_api_errors():
+    model = make("bert")
+    ids, mask, labels = random_batch()
+    with pytest.raises(ValueError, match="no current task"):
+        model(ids, mask)
+    with pytest.raises(ValueError, match="no task is being learned"):
+        model.begin_mask_phase()
+    model.add_task("a", 3)
+    with pytest.raises(ValueError, match="already added"):
+        model.add_task("a", 3)
+    with pytest.raises(ValueError, match="still being learned"):
+        model.add_task("b", 3)
+    with pytest.raises(ValueError, match="allowed from"):
+        model.begin_weight_phase()
+    with pytest.raises(ValueError, match="unknown task"):
+        model.set_task("zzz")
+    model.begin_mask_phase()
+    with pytest.raises(ValueError, match=r"labels for task 'a' must be in \[0, 3\)"):
+        model(ids, mask, labels=labels + 5)
+    model.finish_task()
+    with pytest.raises(ValueError, match="no task is being learned"):
+        model.finish_task()
+    supsup = make("bert", method="supsup")
+    supsup.add_task("a", 2)
+    supsup.begin_mask_phase()
+    with pytest.raises(ValueError, match="no weight phase"):
+        supsup.begin_weight_phase()
+
+
+def test_trainable_parameters_per_phase(capsys):
+    model = make("bert")
+    model.add_task("a", 3)
+    assert model.trainable_parameters() == []
+    model.begin_mask_phase()
+    layers = model.supermask_layers().values()
+    expected = {id(p) for p in model.heads["0"].parameters()} | {id(layer.scores) for layer in layers}
+    assert {id(p) for p in model.trainable_parameters()} == expected
+    model.begin_weight_phase()
+    expected = {id(p) for p in model.heads["0"].parameters()} | {id(layer.exclusive_values) for layer in layers}
+    assert {id(p) for p in model.trainable_parameters()} == expected
+    model.print_trainable_parameters()
+    assert "trainable params" in capsys.readouterr().out
+    model.finish_task()
+    assert model.trainable_parameters() == []
+    assert isinstance(next(iter(layers)), SupermaskLinear)
+
+
+def test_signed_constant_weight_init():
+    model = make("bert", weight_init="signed_constant")
+    for layer in model.supermask_layers().values():
+        assert layer.weight.abs().unique().numel() == 1
+
+
+def test_discard_task_keeps_finished_ones():
+    model = make("bert")
+    batch = random_batch()
+    learn_task(model, "a", batch, 3)
+    expected = logits_of(model, "a", batch)
+    model.add_task("b", 2)
+    model.begin_mask_phase()
+    model.discard_task()
+    assert model.tasks == ["a"]
+    assert torch.equal(logits_of(model, "a", batch), expected)

