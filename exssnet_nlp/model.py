@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -62,6 +63,18 @@ class TaskHead(nn.Module):
         x = self.dropout(pool(hidden, attention_mask, self.pooling))
         x = self.dropout(self.activation(self.dense(x)))
         return self.out(x)
+
+
+def task_seed(seed: int, name: str) -> int:
+    """A task's own seed, from the run seed and its name: the same task starts the same in every run and copy."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
+
+
+def seeded_head(seed: int, name: str, build) -> nn.Module:
+    """Build a head from the task's own RNG stream (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(task_seed(seed, name))
+        return build()
 
 
 def _freeze_to_buffers(module: nn.Module) -> None:
@@ -194,10 +207,11 @@ class ExSSNetModel(nn.Module):
         index = len(self.task_infos)
         self.task_infos.append(TaskInfo(name, num_labels, label_names))
         hidden = self.encoder.config.hidden_size
-        head = TaskHead(hidden, num_labels, self.config.pooling,
-                        self.config.resolved_head_activation(self.model_type), self.config.head_dropout)
+        activation = self.config.resolved_head_activation(self.model_type)
+        head = seeded_head(self.config.seed, name,
+                           lambda: TaskHead(hidden, num_labels, self.config.pooling, activation, self.config.head_dropout))
         self.heads[str(index)] = head.to(self._device_dtype()[0])
-        generator = torch.Generator().manual_seed(self.config.seed * 100003 + index)
+        generator = torch.Generator().manual_seed(task_seed(self.config.seed, name))
         for layer in self.supermask_layers().values():
             layer.start_task(index, self.config.score_init, generator)
         self._set_requires_grad(index, None)
@@ -286,6 +300,20 @@ class ExSSNetModel(nn.Module):
             used = float(layer.union_mask(layer.num_finished).float().mean()) if layer.num_finished else 0.0
             stats[name] = {"used": used, "free": 1.0 - used, "density": layer.k / layer.weight.numel()}
         return stats
+
+    def task_storage_bytes(self, task: str) -> dict[str, int]:
+        """Bytes a finished task adds to a checkpoint: packed masks, the weight values it owns, its head."""
+        index = self.task_index(task)
+        if self.task_infos[index].state != FINISHED:
+            raise ValueError(f"task {task!r} is not finished; storage is defined for finished tasks.")
+        mask_bytes = values_bytes = 0
+        for layer in self.supermask_layers().values():
+            mask_bytes += layer.packed_mask(index).numel()
+            if self.config.method != "supsup":
+                owned = layer.task_mask(index) & ~layer.union_mask(index)
+                values_bytes += int(owned.sum()) * layer.weight.element_size()
+        head_bytes = sum(t.numel() * t.element_size() for t in self.heads[str(index)].state_dict().values())
+        return {"mask": mask_bytes, "values": values_bytes, "head": head_bytes, "total": mask_bytes + values_bytes + head_bytes}
 
     # --- forward ----------------------------------------------------------------------------
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:

