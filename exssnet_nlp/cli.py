@@ -61,7 +61,7 @@ def _checkpoint_command(name: str, rest: list[str]) -> int:
         parser.add_argument("texts", nargs="+")
         ns = parser.parse_args(rest)
         model, tokenizer = checkpoint.load_for_inference(ns.checkpoint)
-        for text, pred in zip(ns.texts, checkpoint.predict(model, tokenizer, ns.task, ns.texts, ns.max_length)):
+        for text, pred in zip(ns.texts, checkpoint.predict(model, tokenizer, ns.task, ns.texts, ns.max_length), strict=True):
             print(json.dumps({"text": text, **pred}))
         return 0
     if name == "evaluate":

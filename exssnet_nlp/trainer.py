@@ -323,12 +323,12 @@ class ContinualTrainer:
     # --- the sequence -------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
         """Learn every task in order; returns (and writes) the results."""
-        args, acc = self.args, self.accelerator
+        acc = self.accelerator
         self._maybe_resume()
         self.model.to(acc.device)
         self._train_sets = [self._tokenize(d, "train") for d in self.task_data]
-        for name, data in zip(self.task_names, self.task_data):
-            if self._train_sets[self.task_names.index(name)] is None:
+        for name, train_set in zip(self.task_names, self._train_sets, strict=True):
+            if train_set is None:
                 raise ValueError(f"task {name!r} has an empty train split; check its train_file / dataset.")
         self._eval_loaders = {}
         for i, data in enumerate(self.task_data):
