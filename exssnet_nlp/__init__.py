@@ -1,17 +1,26 @@
 """exssnet-nlp: continual learning for Hugging Face encoders with exclusive supermask subnetworks."""
 
+from .baselines import DenseContinualModel
 from .config import DEFAULT_TARGET_MODULES, ExSSNetConfig
 from .layers import SupermaskLinear
 from .model import ExSSNetModel, TaskHead, TaskInfo
+from .trainer import ContinualTrainer, ContinualTrainingArguments, TrainerCallback, build_model, load_training_config, run_training
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_TARGET_MODULES",
+    "ContinualTrainer",
+    "ContinualTrainingArguments",
+    "DenseContinualModel",
     "ExSSNetConfig",
     "ExSSNetModel",
     "SupermaskLinear",
     "TaskHead",
     "TaskInfo",
+    "TrainerCallback",
     "__version__",
+    "build_model",
+    "load_training_config",
+    "run_training",
 ]

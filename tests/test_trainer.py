@@ -227,3 +227,48 @@ def test_two_process_run(tiny_model_dir, tasks, tmp_path):
     assert prints[0]["num_processes"] == 2
     assert prints[0]["tensors"] == prints[1]["tensors"]
     assert len(list((tmp_path / "ddp").glob("results*.json"))) == 1
+
+
+class CrashAfterFirstTask(TrainerCallback):
+    def on_task_end(self, trainer, task):
+        if task == trainer.task_names[0]:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_after_crash_equals_uninterrupted_run(tiny_model_dir, tasks, tmp_path):
+    args = make_args(tiny_model_dir, tmp_path / "full", "exssnet", mask_epochs=1, weight_epochs=1)
+    full = ContinualTrainer(build_model(args), args, tasks).train()
+    args = make_args(tiny_model_dir, tmp_path / "crash", "exssnet", mask_epochs=1, weight_epochs=1)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        ContinualTrainer(build_model(args), args, tasks, callbacks=[CrashAfterFirstTask()]).train()
+    assert (tmp_path / "crash" / "trainer_state.json").exists() and not (tmp_path / "crash" / "results.json").exists()
+    # Re-running the same command on the same output_dir continues at the next task.
+    resumed = ContinualTrainer(build_model(args), args, tasks).train()
+    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
+    assert resumed["untrained_accuracy"] == full["untrained_accuracy"]
+    for key in ("average_accuracy", "bwt", "forgetting", "fwt"):
+        assert resumed[key] == full[key], key
+
+
+def test_cli_checkpoint_commands(tiny_model_dir, tasks, tmp_path, capsys):
+    config = {"model_name_or_path": tiny_model_dir, "method": "exssnet", "density": 0.2, "tasks": tasks, "pooling": "cls",
+              "mask_epochs": 1, "weight_epochs": 1, "max_length": 16, "output_dir": str(tmp_path / "run"), "disable_tqdm": True}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(path)]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    ckpt = str(tmp_path / "run" / "checkpoint")
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", ckpt, "--config", str(path)]) == 0
+    accuracies = json.loads(capsys.readouterr().out)
+    assert accuracies == {"topic": results["accuracy_matrix"][-1][0], "sentiment": results["accuracy_matrix"][-1][1]}
+    assert main(["predict", "--checkpoint", ckpt, "--task", "sentiment", "great love best", "awful hate"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 2 and {"text", "label", "score"} <= set(lines[0])
+    assert main(["export", "--checkpoint", ckpt, "--task", "topic", "--output", str(tmp_path / "exported")]) == 0
+    from transformers import AutoModelForSequenceClassification
+
+    exported = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "exported"))
+    assert exported.config.num_labels == 3
+    assert main(["export", "--checkpoint", ckpt, "--task", "nope", "--output", str(tmp_path / "x")]) == 2
+    assert "nope" in capsys.readouterr().err
