@@ -272,3 +272,14 @@ def test_cli_checkpoint_commands(tiny_model_dir, tasks, tmp_path, capsys):
     assert exported.config.num_labels == 3
     assert main(["export", "--checkpoint", ckpt, "--task", "nope", "--output", str(tmp_path / "x")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_trainer_kkt_picks_the_matching_earlier_task(tiny_model_dir, tasks, tmp_path):
+    """A, B, A' (A's data again): the trainer's KKT starts A' from A, records it, and forgets nothing."""
+    again = {**tasks[0], "name": "topic_again"}
+    args = make_args(tiny_model_dir, tmp_path / "kkt", "exssnet", kkt_mode="best", mask_epochs=3, weight_epochs=1)
+    results = ContinualTrainer(build_model(args), args, [tasks[0], tasks[1], again]).train()
+    record = results["kkt"]["topic_again"]
+    assert record["sources"] == ["topic"], record
+    assert set(record["knn_accuracy"]) == {"topic", "sentiment"} and record["seconds"] >= 0
+    assert results["bwt"] == 0.0
