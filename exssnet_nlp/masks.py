@@ -36,17 +36,21 @@ _THRESHOLDS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
 }
 
 
-def _time_candidate(name: str, flat: torch.Tensor, k: int, repeats: int = 3) -> float:
+def _time_candidate(name: str, flat: torch.Tensor, k: int, repeats: int = 5) -> float:
+    """Median of `repeats` timed calls after two warm-ups: one noisy call must not decide for the whole run."""
     fn = _THRESHOLDS[name]
-    fn(flat, k)  # warm-up
-    if flat.is_cuda:
-        torch.cuda.synchronize(flat.device)
-    start = time.perf_counter()
-    for _ in range(repeats):
+    for _ in range(2):
         fn(flat, k)
-    if flat.is_cuda:
-        torch.cuda.synchronize(flat.device)
-    return (time.perf_counter() - start) / repeats
+    times = []
+    for _ in range(repeats):
+        if flat.is_cuda:
+            torch.cuda.synchronize(flat.device)
+        start = time.perf_counter()
+        fn(flat, k)
+        if flat.is_cuda:
+            torch.cuda.synchronize(flat.device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
 
 
 def choose_topk_method(flat: torch.Tensor, k: int) -> str:
