@@ -21,13 +21,13 @@ from transformers import AutoModel, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .config import DEFAULT_HEAD_ACTIVATION
-from .model import CREATED, FINISHED, TaskHead, TaskInfo, _freeze_to_buffers, seeded_head
+from .model import CREATED, FINISHED, TaskHead, TaskInfo, TaskRegistry, _freeze_to_buffers, seeded_head
 
 DENSE_METHODS = ("finetune", "independent")
 DENSE_PHASE = "dense"
 
 
-class DenseContinualModel(nn.Module):
+class DenseContinualModel(TaskRegistry, nn.Module):
     """A dense encoder (shared or copied per task) with one head per task."""
 
     def __init__(self, encoder: PreTrainedModel, method: str = "finetune", pooling: str = "cls",
@@ -55,31 +55,6 @@ class DenseContinualModel(nn.Module):
         if isinstance(encoder, str):
             encoder = AutoModel.from_pretrained(encoder)
         return cls(getattr(encoder, "base_model", encoder), method=method, **kwargs)
-
-    # --- the task API shared with ExSSNetModel -----------------------------------------------------
-    tasks = property(lambda self: [t.name for t in self.task_infos])
-    current_task = property(lambda self: None if self._current is None else self.task_infos[self._current].name)
-    finished_tasks = property(lambda self: [t.name for t in self.task_infos if t.state == FINISHED])
-
-    @property
-    def learning_task(self) -> str | None:
-        return next((t.name for t in self.task_infos if t.state != FINISHED), None)
-
-    def task_index(self, task: str | None = None) -> int:
-        if task is None:
-            if self._current is None:
-                raise ValueError("no current task: call add_task(name, num_labels) or set_task(name) first.")
-            return self._current
-        for i, info in enumerate(self.task_infos):
-            if info.name == task:
-                return i
-        raise ValueError(f"unknown task {task!r}; known tasks: {self.tasks}.")
-
-    def task_info(self, task: str | None = None) -> TaskInfo:
-        return self.task_infos[self.task_index(task)]
-
-    def set_task(self, name: str) -> None:
-        self._current = self.task_index(name)
 
     def add_task(self, name: str, num_labels: int, label_names: list[str] | None = None) -> None:
         if name in self.tasks:

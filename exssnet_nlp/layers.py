@@ -148,14 +148,8 @@ class SupermaskLinear(nn.Module):
         with torch.no_grad():
             if self.exclusive_values is not None:
                 self.weight.view(-1)[self.exclusive_index] = self.exclusive_values.detach().to(self.weight.dtype)
-        self.scores = None
-        self.exclusive_values = None
-        self.exclusive_index = None
-        self._phase_mask = None
-        self.learning_task = None
-        self.phase = None
+        self.discard_task()
         self.add_finished_mask(pack_bits(mask))
-        self._invalidate()
 
     def discard_task(self) -> None:
         """Drop the task being learned without keeping anything of it."""

@@ -91,7 +91,52 @@ def _matches(name: str, targets: list[str] | str) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
-class ExSSNetModel(nn.Module):
+class TaskRegistry:
+    """Task bookkeeping shared by `ExSSNetModel` and the dense baselines (`task_infos`, `_current`)."""
+
+    task_infos: list[TaskInfo]
+    _current: int | None
+
+    @property
+    def tasks(self) -> list[str]:
+        """Task names in learning order."""
+        return [t.name for t in self.task_infos]
+
+    @property
+    def current_task(self) -> str | None:
+        return None if self._current is None else self.task_infos[self._current].name
+
+    @property
+    def finished_tasks(self) -> list[str]:
+        return [t.name for t in self.task_infos if t.state == FINISHED]
+
+    @property
+    def learning_task(self) -> str | None:
+        """The task being learned (added, not yet finished), if any."""
+        for info in self.task_infos:
+            if info.state != FINISHED:
+                return info.name
+        return None
+
+    def task_index(self, task: str | None = None) -> int:
+        if task is None:
+            if self._current is None:
+                raise ValueError("no current task: call add_task(name, num_labels) or set_task(name) first.")
+            return self._current
+        for i, info in enumerate(self.task_infos):
+            if info.name == task:
+                return i
+        raise ValueError(f"unknown task {task!r}; known tasks: {self.tasks}. Add it with add_task(name, num_labels).")
+
+    def task_info(self, task: str | None = None) -> TaskInfo:
+        return self.task_infos[self.task_index(task)]
+
+    def set_task(self, name: str) -> None:
+        """Make `name` the task that `forward` uses by default."""
+        self._current = self.task_index(name)
+
+
+class ExSSNetModel(TaskRegistry, nn.Module):
     """A shared encoder whose targeted linears hold one supermask per task, plus per-task heads.
 
     Learn a task with `add_task` -> `begin_mask_phase` -> (`begin_weight_phase`) -> `finish_task`.
@@ -162,40 +207,6 @@ class ExSSNetModel(nn.Module):
         return self._layers_cache
 
     # --- tasks ------------------------------------------------------------------------------
-    @property
-    def tasks(self) -> list[str]:
-        """Task names in learning order."""
-        return [t.name for t in self.task_infos]
-
-    @property
-    def current_task(self) -> str | None:
-        return None if self._current is None else self.task_infos[self._current].name
-
-    @property
-    def finished_tasks(self) -> list[str]:
-        return [t.name for t in self.task_infos if t.state == FINISHED]
-
-    @property
-    def learning_task(self) -> str | None:
-        """The task being learned (added, not yet finished), if any."""
-        for info in self.task_infos:
-            if info.state != FINISHED:
-                return info.name
-        return None
-
-    def task_index(self, task: str | None = None) -> int:
-        if task is None:
-            if self._current is None:
-                raise ValueError("no current task: call add_task(name, num_labels) or set_task(name) first.")
-            return self._current
-        for i, info in enumerate(self.task_infos):
-            if info.name == task:
-                return i
-        raise ValueError(f"unknown task {task!r}; known tasks: {self.tasks}. Add it with add_task(name, num_labels).")
-
-    def task_info(self, task: str | None = None) -> TaskInfo:
-        return self.task_infos[self.task_index(task)]
-
     def add_task(self, name: str, num_labels: int, label_names: list[str] | None = None) -> None:
         """Add a task to learn next and make it current. Its scores start per `config.score_init`."""
         if not isinstance(name, str) or not name:
@@ -234,10 +245,6 @@ class ExSSNetModel(nn.Module):
         del self.heads[str(index)]
         self.task_infos.pop(index)
         self._current = None if not self.task_infos else len(self.task_infos) - 1
-
-    def set_task(self, name: str) -> None:
-        """Make `name` the task that `forward` uses by default."""
-        self._current = self.task_index(name)
 
     # --- phases -----------------------------------------------------------------------------
     def _learning_index(self, action: str, allowed_states: tuple[str, ...]) -> int:
