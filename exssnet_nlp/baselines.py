@@ -53,7 +53,7 @@ class DenseContinualModel(TaskRegistry, nn.Module):
     @classmethod
     def from_encoder(cls, encoder: PreTrainedModel | str, method: str = "finetune", **kwargs: Any) -> DenseContinualModel:
         if isinstance(encoder, str):
-            encoder = AutoModel.from_pretrained(encoder)
+            encoder = AutoModel.from_pretrained(encoder, dtype=torch.float32)
         return cls(getattr(encoder, "base_model", encoder), method=method, **kwargs)
 
     def add_task(self, name: str, num_labels: int, label_names: list[str] | None = None) -> None:
@@ -135,8 +135,10 @@ class DenseContinualModel(TaskRegistry, nn.Module):
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / max(total, 1):.4f}")
 
     def stored_bytes(self) -> int:
-        """Bytes a checkpoint of this model holds (every tensor: the encoder(s) and the heads)."""
-        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+        """Bytes a checkpoint of this model needs: the encoder(s) serving tasks and the heads. For
+        `independent` that is one copy per task; the pristine encoder it copies from is not counted."""
+        skip = "encoder." if self.method == "independent" else None
+        return sum(t.numel() * t.element_size() for k, t in self.state_dict().items() if not (skip and k.startswith(skip)))
 
     def save_pretrained(self, save_directory: str, **_: Any) -> None:
         """Every tensor in one safetensors file (dense baselines are for comparison, not for serving)."""

@@ -375,7 +375,7 @@ def apply_transfer(model: ExSSNetModel, sources: Sequence[str], weights: Sequenc
     source's mask: its weights outvote the lighter one's everywhere they differ.)
 
     Masks of finished tasks are read from their packed bits; only the learning task's scores change,
-    via `SupermaskLinear.set_scores_from_mask` (kept weights score in [1, 2), the rest in [0, 1)).
+    via `SupermaskLinear.set_scores_from_mask` (kept weights lifted just above the fresh k-th |score|, the rest just below).
     `generator` (CPU) seeds the ties and those scores; default: seeded from the model's config.
     """
     name = model.learning_task

@@ -102,18 +102,25 @@ class SupermaskLinear(nn.Module):
         self.phase = None
         self._invalidate()
 
-    def set_scores_from_mask(self, mask: torch.Tensor, generator: torch.Generator) -> None:
+    def set_scores_from_mask(self, mask: torch.Tensor, generator: torch.Generator | None = None) -> None:
         """Start the current scores so that their top-k is exactly `mask` (which must hold k weights).
 
-        Kept weights score in [1, 2), the rest in [0, 1): learning moves them from there.
+        The fresh scores keep their scale and their order within each side: kept weights are lifted just
+        above the fresh k-th largest |score|, the rest pushed just below it. Scores on another scale (e.g.
+        [1, 2) against |w| ~ 0.05) would make the mask learning rate mean something else after a transfer.
         """
         if self.scores is None:
             raise ValueError("no task is being learned in this layer; call add_task first.")
         if int(mask.sum()) != self.k:
             raise ValueError(f"mask holds {int(mask.sum())} weights; this layer's masks hold exactly {self.k}.")
-        base = torch.rand(self.weight.shape, generator=generator).to(self.weight.device)
         with torch.no_grad():
-            self.scores.copy_(base + mask.to(base.dtype))
+            magnitude = self.scores.detach().abs()
+            flat = magnitude.flatten()
+            threshold = flat.kthvalue(flat.numel() - self.k + 1).values.clamp(min=1e-12)
+            mask = mask.to(magnitude.device)
+            lifted = torch.where(mask, magnitude.clamp(min=threshold * 1.001), magnitude.clamp(max=threshold * 0.999))
+            sign = torch.where(self.scores >= 0, 1.0, -1.0).to(self.scores.dtype)
+            self.scores.copy_(lifted * sign)
         self._invalidate()
 
     def current_mask(self) -> torch.Tensor:

@@ -164,6 +164,9 @@ class ExSSNetModel(TaskRegistry, nn.Module):
         """Wrap `encoder` (a model, or a Hub id / local path loaded with `AutoModel`)."""
         config = config or ExSSNetConfig()
         if isinstance(encoder, str):
+            # float32 unless asked otherwise: transformers 5 keeps a half-precision checkpoint's dtype, and
+            # masks and exclusive values would then train in fp16.
+            from_pretrained_kwargs.setdefault("dtype", torch.float32)
             encoder = AutoModel.from_pretrained(encoder, **from_pretrained_kwargs)
         elif not isinstance(encoder, nn.Module):
             raise ValueError(f"encoder must be a transformers model, a Hub id or a path, not {type(encoder).__name__}.")

@@ -1,0 +1,351 @@
+"""Accuracy of every continual method on the WebNLP sequence, written as one JSON and printed as tables.
+
+One command runs the grid: the dense baselines (`independent`, `finetune`) once, and `supsup`,
+`ssnet`, `exssnet` and `exssnet+kkt` (ExSSNeT with KNN knowledge transfer, `kkt_mode: best`) at
+each density. Every run is a plain `run_training` from the config with a few overrides, in its own
+output_dir; the combined JSON is rewritten (atomically) after each run, so a cut-off grid keeps what
+it finished, and `--resume` skips the runs an existing output already holds.
+
+    python benchmarks/accuracy.py --device-tag cpu
+    python benchmarks/accuracy.py --device-tag h100 --model .devbundle/minilm-fp16 --data-root /tmp/webnlp
+    python benchmarks/accuracy.py --report benchmarks/results/accuracy_h100.json   # tables only
+
+Flags this script does not know are passed on to the config as overrides (`--mask_epochs 1`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # runs from a bare checkout too (the GPU machine has no install)
+
+DEFAULT_METHODS = ["independent", "finetune", "supsup", "ssnet", "exssnet", "exssnet+kkt"]
+DENSE = {"independent", "finetune"}
+DATA_PREFIX = "../shared/data/webnlp"
+FILE_KEYS = ("train_file", "validation_file", "test_file")
+CURVE_POINTS = (0.25, 0.5, 1.0)
+SCHEMA = 1
+
+
+def log(msg: str) -> None:
+    print(f"[accuracy {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --- the grid ----------------------------------------------------------------------------------
+def run_key(method: str, density: float | None) -> str:
+    return method if density is None else f"{method}@{density:g}"
+
+
+def grid(methods: list[str], densities: list[float]) -> list[tuple[str, float | None]]:
+    """(method, density) pairs, density by density in the order given (so a cut-off grid has the first density
+    whole); the dense baselines once, without a density, in the first pass."""
+    unknown = [m for m in methods if m not in DEFAULT_METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(DEFAULT_METHODS)}")
+    out: list[tuple[str, float | None]] = []
+    for i, density in enumerate(densities or [None]):
+        for method in methods:
+            if method in DENSE:
+                if i == 0:
+                    out.append((method, None))
+            elif density is not None:
+                out.append((method, density))
+    return out
+
+
+def ordered(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs in table order: by method as in DEFAULT_METHODS, then by density."""
+    return sorted(runs.values(), key=lambda r: (DEFAULT_METHODS.index(r["method"]), r["density"] or 0.0))
+
+
+def rewrite_task_files(tasks: list[Any], data_root: str | None) -> list[Any]:
+    """Tasks with the `../shared/data/webnlp` prefix of their files replaced by `data_root`."""
+    if data_root is None:
+        return tasks
+    out = []
+    for task in tasks:
+        if isinstance(task, dict):
+            task = dict(task)
+            for key in FILE_KEYS:
+                value = task.get(key)
+                if isinstance(value, str) and value.startswith(DATA_PREFIX):
+                    task[key] = data_root.rstrip("/") + value[len(DATA_PREFIX):]
+        out.append(task)
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    info: dict[str, Any] = {"torch": torch.__version__, "transformers": transformers.__version__,
+                            "python": platform.python_version(), "cpu_count": os.cpu_count()}
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info["cpu"] = cpu
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+        info["device"] = info["gpu"]
+    else:
+        info["device"] = f"CPU: {cpu} x {os.cpu_count()} (torch threads {torch.get_num_threads()})"
+    return info
+
+
+def make_probe():
+    """A callback that records the encoder's parameter dtype and device when training starts."""
+    from exssnet_nlp import TrainerCallback
+
+    class Probe(TrainerCallback):
+        seen: dict[str, Any] = {}
+
+        def on_train_begin(self, trainer) -> None:
+            encoder = getattr(trainer.model, "encoder", None) or trainer.model
+            params = list(encoder.parameters())
+            self.seen = {"encoder_dtypes": sorted({str(p.dtype) for p in params}),
+                         "device": str(params[0].device) if params else None,
+                         "mixed_precision": trainer.accelerator.mixed_precision}
+
+    return Probe()
+
+
+def run_one(opts: argparse.Namespace, extra: list[str], method: str, density: float | None) -> dict[str, Any]:
+    from exssnet_nlp import load_training_config, run_training
+
+    name = method.replace("+", "_") + ("" if density is None else f"_d{density:g}")
+    output_dir = Path(opts.runs_dir) / name
+    base = "exssnet" if method == "exssnet+kkt" else method
+    overrides = ["--method", base, "--output_dir", str(output_dir), "--overwrite_output_dir", "true",
+                 "--kkt_mode", "best" if method == "exssnet+kkt" else "off", "--mixed_precision", opts.mixed_precision,
+                 "--evaluations_per_phase", str(opts.evaluations_per_phase), "--disable_tqdm", "true",
+                 "--save_checkpoints", "true" if opts.save_checkpoints else "false"]
+    if density is not None:
+        overrides += ["--density", str(density)]
+    if opts.model is not None:
+        overrides += ["--model_name_or_path", opts.model]
+    args, tasks = load_training_config(opts.config, overrides + list(extra))
+    args.train_samples_per_class = None if opts.train_samples_per_class == "all" else int(opts.train_samples_per_class)
+    tasks = rewrite_task_files(tasks, opts.data_root)
+    probe = make_probe()
+    start = time.perf_counter()
+    results = run_training(args, tasks, callbacks=[probe])
+    total = time.perf_counter() - start
+    return {
+        "method": method,
+        "density": density,
+        "output_dir": str(output_dir),
+        "average_accuracy": results["average_accuracy"],
+        "bwt": results["bwt"],
+        "forgetting": results["forgetting"],
+        "fwt": results["fwt"],
+        "wall_seconds": results["timings"]["wall_seconds"],
+        "process_seconds": total,
+        "stored_bytes": results["storage"]["stored_bytes"],
+        "storage_per_task": results["storage"]["per_task"],
+        "tasks": results["tasks"],
+        "accuracy_matrix": results["accuracy_matrix"],
+        "untrained_accuracy": results["untrained_accuracy"],
+        "capacity": results["capacity"],
+        "kkt": results["kkt"],
+        "curves": results["curves"],
+        "timings_per_task": results["timings"]["per_task"],
+        "encoder": probe.seen,
+        "config": {k: results["config"].get(k) for k in (
+            "model_name_or_path", "method", "density", "pooling", "kkt_mode", "mixed_precision", "seed",
+            "per_device_train_batch_size", "mask_epochs", "weight_epochs", "mask_learning_rate", "weight_learning_rate",
+            "head_learning_rate", "max_length", "train_samples_per_class", "validation_samples_per_class",
+            "eval_samples_per_class", "evaluations_per_phase")},
+    }
+
+
+def base_encoder_bytes(config: str, model: str | None) -> int | None:
+    """Bytes of the pretrained encoder every masked method shares (its checkpoint needs it beside the masks)."""
+    from transformers import AutoModel
+
+    from exssnet_nlp import load_training_config
+    from exssnet_nlp.trainer import resolve_model_path
+
+    args, _ = load_training_config(config, [] if model is None else ["--model_name_or_path", model])
+    try:
+        encoder = AutoModel.from_pretrained(resolve_model_path(args.model_name_or_path))
+    except (OSError, ValueError):
+        return None
+    encoder = getattr(encoder, "base_model", encoder)
+    return sum(t.numel() * t.element_size() for t in encoder.state_dict().values())
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    from exssnet_nlp.metrics import write_json_atomic
+
+    write_json_atomic(path, data)
+
+
+# --- the report ----------------------------------------------------------------------------------
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{100.0 * value:.{digits}f}"
+
+
+def _density(run: dict[str, Any]) -> str:
+    return "-" if run["density"] is None else f"{run['density']:g}"
+
+
+def results_table(data: dict[str, Any]) -> str:
+    runs = data["runs"]
+    independent = runs.get("independent", {}).get("stored_bytes")
+    base = data.get("base_encoder_bytes")
+    lines = ["| method | density | avg acc % | BWT % | forgetting % | FWT % | wall s | stored MB | stored % of independent "
+             "| stored + base encoder, % of independent |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for run in ordered(runs):
+        share = "-" if not independent else f"{100.0 * run['stored_bytes'] / independent:.2f}"
+        # Masked methods store only what each task adds; the shared pretrained encoder comes on top.
+        with_base = run["stored_bytes"] + (base or 0 if run["method"] not in DENSE else 0)
+        share_base = "-" if not independent or base is None else f"{100.0 * with_base / independent:.2f}"
+        lines.append(f"| {run['method']} | {_density(run)} | {_pct(run['average_accuracy'], 2)} | {_pct(run['bwt'], 2)} | "
+                     f"{_pct(run['forgetting'], 2)} | {_pct(run['fwt'], 2)} | {run['wall_seconds']:.1f} | "
+                     f"{run['stored_bytes'] / 1e6:.2f} | {share} | {share_base} |")
+    return "\n".join(lines)
+
+
+def _curve_at(points: list[dict[str, Any]], fraction: float) -> float | None:
+    if not points:
+        return None
+    return min(points, key=lambda p: abs(p["fraction"] - fraction))["accuracy"]
+
+
+def kkt_tables(data: dict[str, Any]) -> str:
+    """Mask-phase validation accuracy at 25/50/100% without vs with KKT, and KKT's sources, per density."""
+    runs = data["runs"]
+    densities = sorted({r["density"] for r in runs.values() if r["method"] == "exssnet+kkt"})
+    blocks = []
+    for density in densities:
+        plain, kkt = runs.get(run_key("exssnet", density)), runs.get(run_key("exssnet+kkt", density))
+        if kkt is None:
+            continue
+        head = " | ".join(f"{int(f * 100)}% no KKT | {int(f * 100)}% KKT" for f in CURVE_POINTS)
+        lines = [f"Density {density:g}: mask-phase validation accuracy % (no KKT = exssnet, KKT = exssnet+kkt)", "",
+                 f"| task | {head} |", "| --- |" + " ---: |" * (2 * len(CURVE_POINTS))]
+        for task in kkt["tasks"]:
+            cells = []
+            for fraction in CURVE_POINTS:
+                a = _curve_at((plain or {}).get("curves", {}).get(task, {}).get("mask", []), fraction) if plain else None
+                b = _curve_at(kkt["curves"].get(task, {}).get("mask", []), fraction)
+                cells += [_pct(a), _pct(b)]
+            lines.append(f"| {task} | " + " | ".join(cells) + " |")
+        lines += ["", f"Density {density:g}: KKT's KNN accuracy % of each finished task's mask on the new task's sample",
+                  "", "| task | KNN accuracy per finished task | threshold | chosen source |", "| --- | --- | ---: | --- |"]
+        for task in kkt["tasks"][1:]:
+            record = kkt["kkt"].get(task)
+            if not record:
+                lines.append(f"| {task} | - | - | - |")
+                continue
+            knn = ", ".join(f"{t} {_pct(a)}" for t, a in record["knn_accuracy"].items()) or "-"
+            lines.append(f"| {task} | {knn} | {_pct(record['threshold'])} | {', '.join(record['sources']) or 'none'} |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def matrices(data: dict[str, Any]) -> str:
+    blocks = []
+    for run in ordered(data["runs"]):
+        key = run_key(run["method"], run["density"])
+        rows = [f"{key} (rows: after task i; columns: evaluated on task j; %)"]
+        for row in run["accuracy_matrix"]:
+            rows.append("  " + " ".join(f"{_pct(v):>5}" for v in row))
+        blocks.append("\n".join(rows))
+    return "\n\n".join(blocks)
+
+
+def report(data: dict[str, Any], with_matrices: bool = False) -> str:
+    machine = data.get("machine", {})
+    parts = [f"Machine: {machine.get('device', '?')}; torch {machine.get('torch', '?')}, transformers "
+             f"{machine.get('transformers', '?')}; train samples per class: {data.get('train_samples_per_class')}; "
+             f"mixed precision: {data.get('mixed_precision')}", "", results_table(data)]
+    kkt = kkt_tables(data)
+    if kkt:
+        parts += ["", kkt]
+    if with_matrices:
+        parts += ["", matrices(data)]
+    return "\n".join(parts)
+
+
+# --- main ------------------------------------------------------------------------------------------
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/webnlp_local.yaml")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated, from: " + ", ".join(DEFAULT_METHODS))
+    parser.add_argument("--densities", default="0.05,0.1", help="comma-separated densities for the masked methods")
+    parser.add_argument("--train-samples-per-class", default="200", help="an integer, or `all`")
+    parser.add_argument("--device-tag", default="cpu", help="names the output and the runs folder")
+    parser.add_argument("--output", default=None, help="default: benchmarks/results/accuracy_<tag>.json")
+    parser.add_argument("--runs-dir", default=None, help="per-run output_dirs (default: runs/accuracy_<tag>)")
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+    parser.add_argument("--model", default=None, help="overrides model_name_or_path")
+    parser.add_argument("--data-root", default=None, help=f"replaces the {DATA_PREFIX} prefix of the task files")
+    parser.add_argument("--evaluations-per-phase", type=int, default=4)
+    parser.add_argument("--save-checkpoints", action="store_true", help="save a checkpoint after each task (off: faster)")
+    parser.add_argument("--resume", action="store_true", help="keep the runs --output already holds and skip them")
+    parser.add_argument("--matrices", action="store_true", help="also print every accuracy matrix")
+    parser.add_argument("--report", metavar="JSON", default=None, help="print the tables of an existing result file and exit")
+    opts, extra = parser.parse_known_args(argv)
+    if opts.train_samples_per_class != "all" and not opts.train_samples_per_class.isdigit():
+        parser.error("--train-samples-per-class takes a positive integer or `all`")
+    opts.output = opts.output or f"benchmarks/results/accuracy_{opts.device_tag}.json"
+    opts.runs_dir = opts.runs_dir or f"runs/accuracy_{opts.device_tag}"
+    return opts, extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts, extra = parse(argv)
+    if opts.report:
+        print(report(json.loads(Path(opts.report).read_text()), with_matrices=opts.matrices))
+        return 0
+    methods = [m.strip() for m in opts.methods.split(",") if m.strip()]
+    densities = [float(d) for d in opts.densities.split(",") if d.strip()]
+    todo = grid(methods, densities)
+    output = Path(opts.output)
+    data: dict[str, Any] = {"schema": SCHEMA, "config": opts.config, "model": opts.model, "data_root": opts.data_root,
+                            "train_samples_per_class": opts.train_samples_per_class, "mixed_precision": opts.mixed_precision,
+                            "evaluations_per_phase": opts.evaluations_per_phase, "extra_overrides": extra,
+                            "machine": machine_info(), "base_encoder_bytes": base_encoder_bytes(opts.config, opts.model), "runs": {}}
+    if opts.resume and output.exists():
+        data["runs"] = json.loads(output.read_text()).get("runs", {})
+        log(f"resuming: {len(data['runs'])} run(s) already in {output}")
+    log(f"machine: {data['machine']['device']}; torch {data['machine']['torch']}; {len(todo)} run(s)")
+    for method, density in todo:
+        key = run_key(method, density)
+        if key in data["runs"]:
+            log(f"skip {key} (already in {output})")
+            continue
+        log(f"start {key}")
+        run = run_one(opts, extra, method, density)
+        data["runs"][key] = run
+        data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_json(output, data)
+        log(f"done {key}: avg acc {_pct(run['average_accuracy'], 2)} BWT {_pct(run['bwt'], 2)} wall {run['wall_seconds']:.1f}s "
+            f"stored {run['stored_bytes'] / 1e6:.2f} MB encoder {run['encoder']}")
+    print(report(data, with_matrices=opts.matrices))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
