@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .masks import num_kept, pack_bits, straight_through_mask, topk_mask, unpack_bits
+from .masks import MaskedWeight, num_kept, pack_bits, topk_mask, unpack_bits
 
 MASK_PHASE = "mask"
 WEIGHT_PHASE = "weight"
@@ -43,6 +43,7 @@ class SupermaskLinear(nn.Module):
         self.register_parameter("exclusive_values", None)
         self.register_buffer("exclusive_index", None)
         self._phase_mask: torch.Tensor | None = None
+        self.step_mask: torch.Tensor | None = None  # this training step's mask, set by ExSSNetModel.encode
         self._cache_key: tuple | None = None
         self._cache_weight: torch.Tensor | None = None
 
@@ -189,7 +190,9 @@ class SupermaskLinear(nn.Module):
                     weight = weight.flatten().scatter(0, self.exclusive_index, self.exclusive_values).view_as(weight)
                 return weight * self._phase_mask
             if self.phase == MASK_PHASE and self.scores.requires_grad:
-                return self.weight * straight_through_mask(self.scores, self.k, self.topk_method).to(self.weight.dtype)
+                # The model sets `step_mask` for all layers at once per forward; alone, the layer selects its own.
+                mask = self.step_mask if self.step_mask is not None else topk_mask(self.scores, self.k, self.topk_method)
+                return MaskedWeight.apply(self.weight, self.scores, mask)
             return self.weight * self.current_mask()
         return self.weight * self.task_mask(task)
 

@@ -17,16 +17,18 @@ def num_kept(numel: int, density: float) -> int:
     return max(1, min(numel, int(round(density * numel))))
 
 
-def _threshold_topk(flat: torch.Tensor, k: int) -> torch.Tensor:
-    return flat.topk(k, sorted=False).values.min()
+# Each takes |scores| as rows [R, n] and returns every row's k-th largest value, shape [R, 1].
+def _threshold_topk(rows: torch.Tensor, k: int) -> torch.Tensor:
+    return rows.topk(k, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
 
 
-def _threshold_kthvalue(flat: torch.Tensor, k: int) -> torch.Tensor:
-    return flat.kthvalue(flat.numel() - k + 1).values
+def _threshold_kthvalue(rows: torch.Tensor, k: int) -> torch.Tensor:
+    return rows.kthvalue(rows.shape[1] - k + 1, dim=1, keepdim=True).values
 
 
-def _threshold_sort(flat: torch.Tensor, k: int) -> torch.Tensor:
-    return flat.sort().values[flat.numel() - k]
+def _threshold_sort(rows: torch.Tensor, k: int) -> torch.Tensor:
+    n = rows.shape[1]
+    return rows.sort(dim=1).values[:, n - k : n - k + 1]
 
 
 _THRESHOLDS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
@@ -36,57 +38,80 @@ _THRESHOLDS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
 }
 
 
-def _time_candidate(name: str, flat: torch.Tensor, k: int, repeats: int = 5) -> float:
+def _time_candidate(name: str, rows: torch.Tensor, k: int, repeats: int = 5) -> float:
     """Median of `repeats` timed calls after two warm-ups: one noisy call must not decide for the whole run."""
     fn = _THRESHOLDS[name]
     for _ in range(2):
-        fn(flat, k)
+        fn(rows, k)
     times = []
     for _ in range(repeats):
-        if flat.is_cuda:
-            torch.cuda.synchronize(flat.device)
+        if rows.is_cuda:
+            torch.cuda.synchronize(rows.device)
         start = time.perf_counter()
-        fn(flat, k)
-        if flat.is_cuda:
-            torch.cuda.synchronize(flat.device)
+        fn(rows, k)
+        if rows.is_cuda:
+            torch.cuda.synchronize(rows.device)
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
 
-def choose_topk_method(flat: torch.Tensor, k: int) -> str:
-    """The fastest exact top-k threshold method for this size on this device (timed once, cached)."""
-    key = (flat.numel(), k, flat.device.type, flat.dtype)
+def choose_topk_method(rows: torch.Tensor, k: int) -> str:
+    """The fastest exact top-k threshold method for rows of this size on this device (timed once, cached)."""
+    rows = rows if rows.dim() == 2 else rows.reshape(1, -1)
+    key = (rows.shape[0], rows.shape[1], k, rows.device.type, rows.dtype)
     if key not in _AUTO_CHOICE:
         with torch.no_grad():
-            probe = torch.rand_like(flat)
+            probe = torch.rand_like(rows)
             timings = {name: _time_candidate(name, probe, k) for name in TOPK_CANDIDATES}
         _AUTO_CHOICE[key] = min(timings, key=timings.get)
     return _AUTO_CHOICE[key]
 
 
-def topk_mask(scores: torch.Tensor, k: int, method: str = "auto") -> torch.Tensor:
-    """Bool mask of exactly `k` entries with the largest |scores|.
+def topk_mask_rows(magnitudes: torch.Tensor, k: int, method: str = "auto") -> torch.Tensor:
+    """Bool mask per row [R, n] of exactly `k` entries with the largest values (rows hold |scores|).
 
-    Ties at the threshold go to the lowest flat index, so every method returns the same mask.
+    Ties at the threshold go to the lowest index, so every method returns the same mask. One call for all
+    same-shaped layers of a model is one launch sequence instead of one per layer (what bounds a GPU step).
     """
-    numel = scores.numel()
-    if not 0 < k <= numel:
-        raise ValueError(f"k={k} must be in [1, {numel}].")
+    n = magnitudes.shape[1]
+    if not 0 < k <= n:
+        raise ValueError(f"k={k} must be in [1, {n}].")
     with torch.no_grad():
-        flat = scores.detach().abs().flatten()
-        if k == numel:
-            return torch.ones_like(scores, dtype=torch.bool)
+        if k == n:
+            return torch.ones_like(magnitudes, dtype=torch.bool)
         if method == "auto":
-            method = choose_topk_method(flat, k)
+            method = choose_topk_method(magnitudes, k)
         if method not in _THRESHOLDS:
             raise ValueError(f"topk method {method!r} is not valid; allowed: auto, {', '.join(TOPK_CANDIDATES)}.")
-        threshold = _THRESHOLDS[method](flat, k)
-        above = flat > threshold
-        at = flat == threshold
+        threshold = _THRESHOLDS[method](magnitudes, k)
+        above = magnitudes > threshold
+        at = magnitudes == threshold
         # No host sync: the ties to keep are the first (k - #above) of them in index order.
-        need = k - above.sum()
-        keep_at = at & (at.cumsum(0) <= need)
-        return (above | keep_at).view_as(scores)
+        need = k - above.sum(dim=1, keepdim=True)
+        return above | (at & (at.cumsum(dim=1) <= need))
+
+
+def topk_mask(scores: torch.Tensor, k: int, method: str = "auto") -> torch.Tensor:
+    """Bool mask of exactly `k` entries of `scores` with the largest |scores| (ties: lowest flat index)."""
+    return topk_mask_rows(scores.detach().abs().reshape(1, -1), k, method).view_as(scores)
+
+
+class MaskedWeight(torch.autograd.Function):
+    """`weight * mask` whose gradient goes straight through the mask to the scores (SupSup's estimator).
+
+    d loss / d scores = d loss / d (weight * mask) * weight; the weight gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(weight)
+        ctx.scores_dtype = scores.dtype
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+        (weight,) = ctx.saved_tensors
+        return None, (grad_output * weight).to(ctx.scores_dtype), None
 
 
 class StraightThroughMask(torch.autograd.Function):

@@ -289,3 +289,24 @@ def test_discard_task_keeps_finished_ones():
     model.discard_task()
     assert model.tasks == ["a"]
     assert torch.equal(logits_of(model, "a", batch), expected)
+
+
+def test_batched_step_masks_match_per_layer_selection(arch):
+    """The model's one-call-per-shape selection gives each layer exactly its own top-k and the same score gradients."""
+    from exssnet_nlp.masks import straight_through_mask
+
+    model = make(arch, score_init="kaiming_uniform")
+    model.add_task("a", 3)
+    model.begin_mask_phase()
+    ids, mask, labels = random_batch()
+    model.eval()  # no dropout: both passes see the same function
+    model(ids, mask, labels=labels).loss.backward()
+    batched = {n: layer.scores.grad.clone() for n, layer in model.supermask_layers().items()}
+    model.zero_grad()
+    # Reference: the plain straight-through estimator, layer by layer.
+    for layer in model.supermask_layers().values():
+        layer.effective_weight = (lambda lyr: lambda task=None: lyr.weight * straight_through_mask(lyr.scores, lyr.k))(layer)
+    model(ids, mask, labels=labels).loss.backward()
+    for name, layer in model.supermask_layers().items():
+        assert torch.equal(layer.scores.grad, batched[name]), name
+        assert layer.step_mask is None  # cleared after every forward
