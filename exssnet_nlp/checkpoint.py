@@ -444,12 +444,11 @@ def _install_task(model: ExSSNetModel, task: dict[str, Any], index: int, tensors
     """
     model.add_task(task["name"], int(task["num_labels"]), list(task.get("label_names") or []) or None)
     model.begin_mask_phase()
-    generator = torch.Generator().manual_seed(index)
     layers = model.supermask_layers()
     for name, layer in layers.items():
         mask = unpack_bits(tensors[MASK_PREFIX + name], layer.weight.shape).to(layer.weight.device)
         try:
-            layer.set_scores_from_mask(mask, generator)
+            layer.set_scores_from_mask(mask)
         except ValueError as err:
             raise ValueError(f"{file_name}: mask of {name} is invalid ({err}); the checkpoint is corrupt.") from None
     if model.config.method != "supsup":

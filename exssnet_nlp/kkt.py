@@ -376,7 +376,7 @@ def apply_transfer(model: ExSSNetModel, sources: Sequence[str], weights: Sequenc
 
     Masks of finished tasks are read from their packed bits; only the learning task's scores change,
     via `SupermaskLinear.set_scores_from_mask` (kept weights lifted just above the fresh k-th |score|, the rest just below).
-    `generator` (CPU) seeds the ties and those scores; default: seeded from the model's config.
+    `generator` (CPU) seeds the tie-breaks of the `all` vote; default: seeded from the model's config.
     """
     name = model.learning_task
     if name is None:
@@ -409,7 +409,7 @@ def apply_transfer(model: ExSSNetModel, sources: Sequence[str], weights: Sequenc
             for j, w in zip(source_indices, weights, strict=True):
                 votes += w * layer.task_mask(j)
             mask = _vote_topk(votes, layer.k, generator)
-        layer.set_scores_from_mask(mask, generator)
+        layer.set_scores_from_mask(mask)
 
 
 # --- the whole step -------------------------------------------------------------------------------

@@ -103,7 +103,7 @@ class SupermaskLinear(nn.Module):
         self.phase = None
         self._invalidate()
 
-    def set_scores_from_mask(self, mask: torch.Tensor, generator: torch.Generator | None = None) -> None:
+    def set_scores_from_mask(self, mask: torch.Tensor) -> None:
         """Start the current scores so that their top-k is exactly `mask` (which must hold k weights).
 
         The fresh scores keep their scale and their order within each side: kept weights are lifted just

@@ -114,22 +114,6 @@ class MaskedWeight(torch.autograd.Function):
         return None, (grad_output * weight).to(ctx.scores_dtype), None
 
 
-class StraightThroughMask(torch.autograd.Function):
-    """Forward: the top-k mask of |scores| as a float tensor. Backward: identity to the scores."""
-
-    @staticmethod
-    def forward(ctx, scores: torch.Tensor, k: int, method: str) -> torch.Tensor:  # type: ignore[override]
-        return topk_mask(scores, k, method).to(scores.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
-        return grad_output, None, None
-
-
-def straight_through_mask(scores: torch.Tensor, k: int, method: str = "auto") -> torch.Tensor:
-    return StraightThroughMask.apply(scores, k, method)
-
-
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
