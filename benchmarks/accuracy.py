@@ -172,6 +172,7 @@ def run_one(opts: argparse.Namespace, extra: list[str], method: str, density: fl
         "config": {k: results["config"].get(k) for k in (
             "model_name_or_path", "method", "density", "pooling", "kkt_mode", "mixed_precision", "seed",
             "per_device_train_batch_size", "mask_epochs", "weight_epochs", "mask_learning_rate", "weight_learning_rate",
+            "dense_learning_rate",
             "head_learning_rate", "max_length", "train_samples_per_class", "validation_samples_per_class",
             "eval_samples_per_class", "evaluations_per_phase")},
     }

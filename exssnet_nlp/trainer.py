@@ -63,7 +63,11 @@ class ContinualTrainingArguments:
     # Adam moves every score by ~lr per step; scores start at |w| (~0.04 in BERT-family layers), so 1e-2
     # reshuffles the mask every step and nothing is learned (measured on MiniLM/BBC: chance vs 79%).
     mask_learning_rate: float = 1e-3
-    weight_learning_rate: float = 5e-5
+    weight_learning_rate: float = field(default=5e-5, metadata={"help": "LR of the weight phase (the values a task owns)."})
+    # Full fine-tuning wants a far smaller LR than sparse exclusive values do (the paper trains those at 1e-3 to 1e-2),
+    # so the dense baselines get their own.
+    dense_learning_rate: float | None = field(default=None, metadata={
+        "help": "LR of the dense baselines (finetune, independent); default: weight_learning_rate."})
     head_learning_rate: float | None = field(default=None, metadata={"help": "Head LR (default: the phase's LR)."})
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
@@ -97,12 +101,21 @@ class ContinualTrainingArguments:
         for name in ("mask_epochs", "weight_epochs"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0.")
+        for name in ("mask_learning_rate", "weight_learning_rate", "dense_learning_rate", "head_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not float(value) > 0:
+                raise ValueError(f"{name}={value!r} must be a positive number (e.g. 1e-3).")
         if self.method in METHODS:
             self.model_config()  # validates density, score_init, pooling, ...
 
     def model_config(self) -> ExSSNetConfig:
         return ExSSNetConfig(density=self.density, method=self.method, target_modules=self.target_modules,
                              score_init=self.score_init, weight_init=self.weight_init, pooling=self.pooling, seed=self.seed)
+
+    def learning_rate_for(self, phase: str) -> float:
+        """The learning rate of a `mask`, `weight` or `dense` (baseline) phase."""
+        return {"mask": self.mask_learning_rate, "weight": self.weight_learning_rate,
+                "dense": self.dense_learning_rate or self.weight_learning_rate}[phase]
 
     def kkt_config(self):
         from .kkt import KKTConfig
@@ -268,7 +281,7 @@ class ContinualTrainer:
         args, acc = self.args, self.accelerator
         task = self.task_names[index]
         epochs = args.mask_epochs if phase == "mask" else args.weight_epochs
-        lr = args.mask_learning_rate if phase == "mask" else args.weight_learning_rate
+        lr = args.learning_rate_for(phase)
         self._begin_phase(phase)
         params = self.model.trainable_parameters()
         head_ids = {id(p) for p in self.model.heads[str(self.model.task_index(task))].parameters()}

@@ -159,6 +159,15 @@ def test_bad_input_fails_before_training(tiny_model_dir, tasks, tmp_path):
         make_args(tiny_model_dir, tmp_path, "exssnet", density=1.5)
     with pytest.raises(ValueError, match="method"):
         make_args(tiny_model_dir, tmp_path, "packnet")
+    with pytest.raises(ValueError, match="mask_learning_rate=0 must be a positive"):
+        make_args(tiny_model_dir, tmp_path, "exssnet", mask_learning_rate=0)
+
+
+def test_dense_baselines_have_their_own_learning_rate(tiny_model_dir, tmp_path):
+    args = make_args(tiny_model_dir, tmp_path, "independent", weight_learning_rate=1e-3)
+    assert args.learning_rate_for("dense") == 1e-3  # default: the weight phase's
+    args = make_args(tiny_model_dir, tmp_path, "independent", weight_learning_rate=1e-3, dense_learning_rate=2e-5)
+    assert (args.learning_rate_for("dense"), args.learning_rate_for("weight"), args.learning_rate_for("mask")) == (2e-5, 1e-3, 0.05)
 
 
 def test_yaml_config_and_cli_overrides(tiny_model_dir, tasks, tmp_path):
