@@ -1,7 +1,7 @@
 """exssnet-nlp: continual learning for Hugging Face encoders with exclusive supermask subnetworks."""
 
 from .baselines import DenseContinualModel
-from .config import DEFAULT_TARGET_MODULES, ExSSNetConfig
+from .config import DEFAULT_TARGET_MODULES, TARGET_MODULE_PRESETS, ExSSNetConfig
 from .layers import SupermaskLinear
 from .model import ExSSNetModel, TaskHead, TaskInfo
 from .trainer import ContinualTrainer, ContinualTrainingArguments, TrainerCallback, build_model, load_training_config, run_training
@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_TARGET_MODULES",
+    "TARGET_MODULE_PRESETS",
     "ContinualTrainer",
     "ContinualTrainingArguments",
     "DenseContinualModel",

@@ -15,16 +15,17 @@ POOLINGS = ("cls", "mean")
 TOPK_METHODS = ("auto", "topk", "kthvalue", "sort")
 HEAD_ACTIVATIONS = ("tanh", "gelu", "relu")
 
-# Attention projections and feed-forward layers of the encoder, per `model_type`.
-# Matched against the end of each module name (PEFT's convention).
-DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
-    "bert": ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
-    "roberta": ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
-    "xlm-roberta": ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
-    "electra": ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
-    "camembert": ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
-    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "ffn.lin1", "ffn.lin2"],
+# The encoder's linear layers by part, per `model_type`, as regexes over full module names. `ffn` must not
+# match the attention output projection, which BERT also names `...output.dense`.
+_BERT_PARTS = {"attention": r".*\.attention\.(self\.(query|key|value)|output\.dense)",
+               "ffn": r".*\.layer\.\d+\.(intermediate\.dense|output\.dense)"}
+TARGET_MODULE_PRESETS: dict[str, dict[str, str]] = {
+    **{t: _BERT_PARTS for t in ("bert", "roberta", "xlm-roberta", "electra", "camembert")},
+    "distilbert": {"attention": r".*\.attention\.(q_lin|k_lin|v_lin|out_lin)", "ffn": r".*\.ffn\.(lin1|lin2)"},
 }
+PRESET_NAMES = ("all", "attention", "ffn")
+# `None` masks every attention projection and feed-forward layer (`all`), as the paper does.
+DEFAULT_TARGET_MODULES = "all"
 
 # The activation of each architecture's own sequence-classification head, so that a
 # CLS-pooled task exports to the encoder's `...ForSequenceClassification` exactly.
@@ -53,10 +54,11 @@ class ExSSNetConfig:
         method: `exssnet` (masks, then training of the weights that no earlier task uses:
             zero forgetting), `ssnet` (masks, then training of every weight in the mask:
             forgets, a baseline) or `supsup` (masks only, weights fixed).
-        target_modules: Names of the `nn.Linear` modules to mask: a list of name suffixes,
-            or one string used as a regular expression that must match the full module name.
-            `None` takes the default for the encoder's `model_type` (attention projections and
-            feed-forward layers).
+        target_modules: Which `nn.Linear` modules to mask: a preset (`all`: attention projections and
+            feed-forward layers; `attention`; `ffn`: feed-forward layers only, resolved per
+            `model_type`), a list of name suffixes, or one string used as a regular expression that
+            must match the full module name. `None` means `all`. Layers left out stay frozen at their
+            pretrained values and are shared by every task.
         score_init: How a new task's scores start: `kaiming_uniform` (SupSup), `magnitude`
             (|pretrained weight| plus a small random jitter: the first mask keeps the largest
             weights) or `uniform` (U(0, 1)).
@@ -101,7 +103,10 @@ class ExSSNetConfig:
             _check_choice("head_activation", self.head_activation, HEAD_ACTIVATIONS)
         if not 0.0 <= float(self.head_dropout) < 1.0:
             raise ValueError(f"ExSSNetConfig.head_dropout={self.head_dropout!r} must be in [0, 1).")
-        if self.target_modules is not None:
+        if isinstance(self.target_modules, (list, tuple)) and len(self.target_modules) == 1 \
+                and self.target_modules[0] in PRESET_NAMES:
+            self.target_modules = self.target_modules[0]  # `--target_modules ffn` on a command line
+        if self.target_modules is not None and self.target_modules not in PRESET_NAMES:
             if isinstance(self.target_modules, str):
                 try:
                     re.compile(self.target_modules)
@@ -115,15 +120,20 @@ class ExSSNetConfig:
 
     # --- resolution against an encoder -------------------------------------------------
     def resolved_target_modules(self, model_type: str) -> list[str] | str:
-        if self.target_modules is not None:
-            return self.target_modules
-        if model_type not in DEFAULT_TARGET_MODULES:
+        """Suffix list or regex for this encoder: presets become the `model_type`'s regex."""
+        targets = self.target_modules if self.target_modules is not None else DEFAULT_TARGET_MODULES
+        if targets not in PRESET_NAMES:
+            return targets
+        if model_type not in TARGET_MODULE_PRESETS:
             raise ValueError(
-                f"No default target_modules for model_type {model_type!r}; known: "
-                f"{', '.join(sorted(DEFAULT_TARGET_MODULES))}. Pass ExSSNetConfig(target_modules=[...]) with the "
-                "names of the nn.Linear layers to mask."
+                f"target_modules={targets!r} is a preset, and presets are known only for model_type "
+                f"{', '.join(sorted(TARGET_MODULE_PRESETS))}, not {model_type!r}. Pass ExSSNetConfig(target_modules=[...]) "
+                "with the names of the nn.Linear layers to mask."
             )
-        return DEFAULT_TARGET_MODULES[model_type]
+        parts = TARGET_MODULE_PRESETS[model_type]
+        if targets == "all":
+            return "|".join(f"(?:{regex})" for regex in parts.values())
+        return parts[targets]
 
     def resolved_head_activation(self, model_type: str) -> str:
         return self.head_activation or DEFAULT_HEAD_ACTIVATION.get(model_type, "tanh")

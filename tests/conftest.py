@@ -41,6 +41,16 @@ def tiny_encoder(arch: str, seed: int = 0) -> torch.nn.Module:
 ARCHS = ["bert", "roberta", "distilbert", "electra"]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: intra-op thread hand-offs cost far more than the math (100x on a busy 2-core box).
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(params=ARCHS)
 def arch(request) -> str:
     return request.param

@@ -107,13 +107,7 @@ def rewrite_tensor_file(directory: Path, name: str, tensors: dict[str, torch.Ten
     config_path.write_text(json.dumps(data))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny matrices: thread hand-offs cost far more than the math (100x on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

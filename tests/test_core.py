@@ -75,6 +75,28 @@ def test_injection_targets_attention_and_ffn(arch):
     assert not any(p.requires_grad for p in model.parameters())
 
 
+@pytest.mark.parametrize("preset,per_block", [("all", 6), ("attention", 4), ("ffn", 2)])
+def test_target_module_presets(arch, preset, per_block):
+    model = make(arch, target_modules=preset)
+    names = list(model.supermask_layers())
+    assert len(names) == 2 * per_block
+    attention = [n for n in names if ".attention." in n]
+    assert len(attention) == 2 * {"all": 4, "attention": 4, "ffn": 0}[preset]
+    # `--target_modules ffn` arrives from a command line as a one-element list
+    assert ExSSNetConfig(target_modules=[preset]).target_modules == preset
+    if preset == "all":  # the default, and the same layers as the suffix list it replaced (old checkpoints load)
+        model_type = make(arch).model_type
+        suffixes = (["q_lin", "k_lin", "v_lin", "out_lin", "ffn.lin1", "ffn.lin2"] if model_type == "distilbert" else
+                    ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"])
+        assert names == list(make(arch).supermask_layers()) == list(make(arch, target_modules=suffixes).supermask_layers())
+
+
+def test_presets_need_a_known_model_type():
+    with pytest.raises(ValueError, match="presets are known only for model_type.*not 'gpt2'.*target_modules=\\[...\\]"):
+        ExSSNetConfig().resolved_target_modules("gpt2")
+    assert ExSSNetConfig(target_modules=["c_fc"]).resolved_target_modules("gpt2") == ["c_fc"]
+
+
 def test_unknown_target_modules_error():
     with pytest.raises(ValueError, match="matched no nn.Linear"):
         make("bert", target_modules=["nonexistent"])

@@ -30,13 +30,7 @@ NUM_EXAMPLES = 384
 A_LABELS = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matrices: extra intra-op threads only add overhead (and stall on a busy machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_data(seed: int, signal_lo: int, num_classes: int, noise_lo: int, p_signal: float = 0.25, p_cross: float = 0.5):
