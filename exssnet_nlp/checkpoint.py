@@ -12,6 +12,9 @@ Layout of a checkpoint directory (format version 1)::
                                                 later tasks may have retrained them); absent for
                                                 method="supsup" (weights never change)
                                head.<name>      the task head's tensors (dense.weight, out.bias, ...)
+                               norm.<module>.weight, norm.<module>.bias
+                                                the task's own LayerNorm affines, only with
+                                                ExSSNetConfig.task_norms
     task_001.safetensors     ...
     base_model.safetensors   the encoder's weights, only when it can't be re-loaded by name or path
                              (built in memory) or when asked for (include_base=True)
@@ -59,7 +62,7 @@ CONFIG_NAME = "exssnet_config.json"
 BASE_WEIGHTS_NAME = "base_model.safetensors"
 MODEL_CARD_NAME = "README.md"
 TASK_FILE_RE = re.compile(r"task_\d{3,}\.safetensors")
-MASK_PREFIX, VALUES_PREFIX, HEAD_PREFIX = "mask.", "values.", "head."
+MASK_PREFIX, VALUES_PREFIX, HEAD_PREFIX, NORM_PREFIX = "mask.", "values.", "head.", "norm."
 FINGERPRINT_DEFINITION = (
     "sha256 over the wrapped encoder's state tensors in sorted name order, each preceded by "
     "'name|dtype|shape|excluded'; for methods exssnet/ssnet the supermask layers' weights are hashed over the "
@@ -168,13 +171,14 @@ def _atomic_directory(target: str | os.PathLike, write: Callable[[Path], None], 
 
 # --- what a checkpoint holds -----------------------------------------------------------------------
 def _encoder_tensors(model: ExSSNetModel) -> dict[str, torch.Tensor]:
-    """The encoder's persistent state under plain-`nn.Linear` names: per-task buffers and the tensors of a
-    task still being learned (scores, exclusive values) are dropped; they live in task files or nowhere."""
-    layers = model.supermask_layers()
+    """The encoder's persistent state under plain-`nn.Linear`/`nn.LayerNorm` names: per-task buffers and the
+    tensors of a task still being learned (scores, exclusive values, norms) are dropped; they live in task
+    files or nowhere."""
+    per_task = {**model.supermask_layers(), **model.task_norm_layers()}
     tensors = {}
     for name, tensor in model.encoder.state_dict().items():
         owner, _, leaf = name.rpartition(".")
-        if owner in layers and leaf not in ("weight", "bias"):
+        if owner in per_task and leaf not in ("weight", "bias"):
             continue
         tensors[name] = tensor
     return tensors
@@ -312,6 +316,10 @@ def save_pretrained(model: ExSSNetModel, save_directory: str | os.PathLike, incl
                     tensors[VALUES_PREFIX + name] = layer.weight.detach().cpu().reshape(-1)[positions].clone()
             for key, tensor in model.heads[str(index)].state_dict().items():
                 tensors[HEAD_PREFIX + key] = tensor.clone()
+            for name, norm in model.task_norm_layers().items():
+                weight, bias = norm.task_affine(index)
+                tensors[f"{NORM_PREFIX}{name}.weight"] = weight.detach().cpu().clone()
+                tensors[f"{NORM_PREFIX}{name}.bias"] = bias.detach().cpu().clone()
             file_name = task_file_name(index)
             files[file_name] = _write_safetensors(tensors, tmp / file_name, {"format": "pt", "task": info.name})
             tasks.append({"name": info.name, "num_labels": info.num_labels, "label_names": list(info.label_names),
@@ -460,6 +468,7 @@ def _install_task(model: ExSSNetModel, task: dict[str, Any], index: int, tensors
             select = owned[name].reshape(-1).to(layer.exclusive_index.device)[layer.exclusive_index]
             with torch.no_grad():
                 layer.exclusive_values[select] = values.to(layer.exclusive_values.device)
+    _install_norms(model, tensors, file_name)
     head = model.heads[str(index)]
     head_state = {k[len(HEAD_PREFIX):]: v for k, v in tensors.items() if k.startswith(HEAD_PREFIX)}
     dtypes = {v.dtype for v in head_state.values()}
@@ -470,6 +479,25 @@ def _install_task(model: ExSSNetModel, task: dict[str, Any], index: int, tensors
     except RuntimeError as err:
         raise ValueError(f"{file_name}: the head tensors do not fit task {task['name']!r} ({err}).") from None
     model.finish_task()
+
+
+def _install_norms(model: ExSSNetModel, tensors: dict[str, torch.Tensor], file_name: str) -> None:
+    """The learning task's own LayerNorm affines := the saved ones (checkpoints with `task_norms` only)."""
+    norms = model.task_norm_layers()
+    stored = {k[len(NORM_PREFIX):] for k in tensors if k.startswith(NORM_PREFIX)}
+    expected = {f"{name}.{leaf}" for name in norms for leaf in ("weight", "bias")}
+    if stored != expected:
+        missing, extra = sorted(expected - stored), sorted(stored - expected)
+        raise ValueError(f"{file_name}: per-task norms do not match the model (missing {missing[:4]}, unexpected {extra[:4]}); "
+                         "the checkpoint is corrupt, or its exssnet_config.json disagrees with its task files.")
+    with torch.no_grad():
+        for name, norm in norms.items():
+            for leaf, param in (("weight", norm.learning_weight), ("bias", norm.learning_bias)):
+                value = tensors[f"{NORM_PREFIX}{name}.{leaf}"]
+                if value.shape != param.shape:
+                    raise ValueError(f"{file_name}: norm {name}.{leaf} has shape {tuple(value.shape)}, the encoder's "
+                                     f"{tuple(param.shape)}; the checkpoint belongs to another encoder or is corrupt.")
+                param.copy_(value.to(param))
 
 
 def _read_masks(model: ExSSNetModel, tasks: list[dict[str, Any]],
@@ -673,12 +701,16 @@ def export_task(model: ExSSNetModel, task: str, output_dir: str | os.PathLike | 
     device, dtype = model._device_dtype()
     exported = AutoModelForSequenceClassification.from_config(cfg).to(device=device, dtype=dtype)
 
-    layers = model.supermask_layers()
+    layers, norms = model.supermask_layers(), model.task_norm_layers()
     state = {}
     with torch.no_grad():
         for name, tensor in _encoder_tensors(model).items():
             owner, _, leaf = name.rpartition(".")
-            state[name] = layers[owner].effective_weight(index) if owner in layers and leaf == "weight" else tensor
+            if owner in layers and leaf == "weight":
+                tensor = layers[owner].effective_weight(index)
+            elif owner in norms:
+                tensor = norms[owner].task_affine(index)[0 if leaf == "weight" else 1]
+            state[name] = tensor
         head = model.heads[str(index)]
         base_prefix = exported.base_model_prefix + "."
         mapped = {dense_path: head.dense, out_path: head.out}

@@ -376,6 +376,7 @@ def apply_transfer(model: ExSSNetModel, sources: Sequence[str], weights: Sequenc
 
     Masks of finished tasks are read from their packed bits; only the learning task's scores change,
     via `SupermaskLinear.set_scores_from_mask` (kept weights lifted just above the fresh k-th |score|, the rest just below).
+    With `task_norms`, the new task's norms start as a copy of the heaviest source's (first on ties).
     `generator` (CPU) seeds the tie-breaks of the `all` vote; default: seeded from the model's config.
     """
     name = model.learning_task
@@ -410,6 +411,12 @@ def apply_transfer(model: ExSSNetModel, sources: Sequence[str], weights: Sequenc
                 votes += w * layer.task_mask(j)
             mask = _vote_topk(votes, layer.k, generator)
         layer.set_scores_from_mask(mask)
+    heaviest = source_indices[max(range(len(weights)), key=lambda j: (weights[j], -j))]
+    with torch.no_grad():
+        for norm in model.task_norm_layers().values():
+            weight, bias = norm.task_affine(heaviest)
+            norm.learning_weight.copy_(weight)
+            norm.learning_bias.copy_(bias)
 
 
 # --- the whole step -------------------------------------------------------------------------------

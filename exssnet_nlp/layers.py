@@ -212,3 +212,70 @@ class SupermaskLinear(nn.Module):
                 self._cache_weight = self.effective_weight()
             self._cache_key = key
         return F.linear(x, self._cache_weight, self.bias)
+
+
+class TaskLayerNorm(nn.Module):
+    """A drop-in replacement for `nn.LayerNorm` with one affine (weight, bias) per task.
+
+    The shared `weight`/`bias` keep the pretrained values and never change. The task being learned trains
+    its own copy (`learning_weight`/`learning_bias`, started from the shared values); `finish_task` turns it
+    into the buffers `task_weight_{i}`/`task_bias_{i}`, which no optimizer can reach.
+    """
+
+    def __init__(self, base: nn.LayerNorm) -> None:
+        super().__init__()
+        if not base.elementwise_affine or base.weight is None or base.bias is None:
+            raise ValueError("TaskLayerNorm needs a LayerNorm with elementwise_affine=True and a bias.")
+        self.normalized_shape = tuple(base.normalized_shape)
+        self.eps = base.eps
+        self.weight = nn.Parameter(base.weight.detach(), requires_grad=False)
+        self.bias = nn.Parameter(base.bias.detach(), requires_grad=False)
+        self.register_parameter("learning_weight", None)
+        self.register_parameter("learning_bias", None)
+        self.num_finished = 0
+        self.active_task: int | None = None
+        self.learning_task: int | None = None
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, finished_tasks={self.num_finished}"
+
+    def task_affine(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of task `index` (finished, or the one being learned)."""
+        if index == self.learning_task:
+            return self.learning_weight, self.learning_bias
+        if not 0 <= index < self.num_finished:
+            raise ValueError(f"task index {index} has no norm in this layer ({self.num_finished} finished).")
+        return getattr(self, f"task_weight_{index}"), getattr(self, f"task_bias_{index}")
+
+    def add_finished_affine(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Register a finished task's affine (used by `finish_task` and checkpoint loading)."""
+        for label, tensor in (("weight", weight), ("bias", bias)):
+            if tuple(tensor.shape) != tuple(self.weight.shape):
+                raise ValueError(f"norm {label} must have shape {tuple(self.weight.shape)}, got {tuple(tensor.shape)}.")
+        index = self.num_finished
+        self.register_buffer(f"task_weight_{index}", weight.detach().to(self.weight).clone())
+        self.register_buffer(f"task_bias_{index}", bias.detach().to(self.bias).clone())
+        self.num_finished += 1
+
+    def start_task(self, index: int) -> None:
+        if index != self.num_finished:
+            raise ValueError(f"cannot start task {index}: this norm has {self.num_finished} finished tasks.")
+        self.learning_weight = nn.Parameter(self.weight.detach().clone(), requires_grad=False)
+        self.learning_bias = nn.Parameter(self.bias.detach().clone(), requires_grad=False)
+        self.learning_task = index
+
+    def finish_task(self) -> None:
+        weight, bias = self.learning_weight, self.learning_bias
+        self.discard_task()
+        self.add_finished_affine(weight, bias)
+
+    def discard_task(self) -> None:
+        self.learning_weight = None
+        self.learning_bias = None
+        self.learning_task = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.active_task is None:
+            raise ValueError("no active task: call model.set_task(name) or pass task=... to forward.")
+        weight, bias = self.task_affine(self.active_task)
+        return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)

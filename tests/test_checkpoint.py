@@ -501,3 +501,27 @@ def test_load_for_inference_and_predict(tmp_path: Path, minilm_model: ExSSNetMod
     assert len(preds) == 3
     assert all(p["label"] in model.task_info("beta").label_names and 0.0 < p["score"] <= 1.0 for p in preds)
     assert ckpt.predict(model, tokenizer, "alpha", "single")[0]["label"].startswith("alpha_")
+
+
+# --- per-task norms -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind,method", [("bert", "exssnet"), ("bert", "supsup"), ("distilbert", "ssnet")])
+def test_task_norms_round_trip_and_export(tmp_path: Path, kind: str, method: str) -> None:
+    model = make_model(kind, method, task_norms=True)
+    out = ckpt.save_pretrained(model, tmp_path / "ckpt")
+    task_file = load_file(out / "task_001.safetensors")
+    norm_keys = [k for k in task_file if k.startswith("norm.")]
+    assert len(norm_keys) == 2 * len(model.task_norm_layers())
+    loaded = ExSSNetModel.from_pretrained(str(out))
+    assert loaded.config.task_norms
+    assert_same_logits(model, loaded, batch(3))
+    inputs = batch(4)
+    for task in model.tasks:
+        exported = ckpt.export_task(model, task)
+        with torch.no_grad():
+            expected, got = model(**inputs, task=task).logits, exported(**inputs).logits
+        assert torch.allclose(got, expected, atol=1e-5), (task, (got - expected).abs().max())
+
+    del task_file[norm_keys[0]]
+    rewrite_tensor_file(out, "task_001.safetensors", task_file)
+    with pytest.raises(ValueError, match="per-task norms do not match"):
+        ExSSNetModel.from_pretrained(str(out))

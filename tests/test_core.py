@@ -337,3 +337,39 @@ def test_batched_step_masks_match_per_layer_selection(arch):
     for name, layer in model.supermask_layers().items():
         assert torch.equal(layer.scores.grad, batched[name]), name
         assert layer.step_mask is None  # cleared after every forward
+
+
+# --- per-task norms ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["exssnet", "supsup"])
+def test_task_norms_keep_old_tasks_exact(arch, method):
+    model = make(arch, method=method, density=0.3, task_norms=True)
+    norms = model.task_norm_layers()
+    assert len(norms) == 5  # the embeddings' norm + two per block
+    shared = {n: (m.weight.clone(), m.bias.clone()) for n, m in norms.items()}
+    batch_a, batch_b = random_batch(seed=0), random_batch(num_labels=2, seed=1)
+    learn_task(model, "a", batch_a, 3)
+    logits_a = logits_of(model, "a", batch_a)
+    learn_task(model, "b", batch_b, 2, lr=0.5, weight_decay=0.1)
+    assert torch.equal(logits_of(model, "a", batch_a), logits_a)
+    for name, norm in norms.items():
+        assert torch.equal(norm.weight, shared[name][0]) and torch.equal(norm.bias, shared[name][1]), name
+        assert not torch.equal(norm.task_affine(0)[1], norm.task_affine(1)[1]), f"{name}: b's norm did not train"
+        assert not any(isinstance(t, torch.nn.Parameter) for t in norm.task_affine(0))
+    storage = model.task_storage_bytes("b")
+    assert storage["norms"] == sum(2 * m.weight.numel() * 4 for m in norms.values())
+    assert storage["total"] == storage["mask"] + storage["values"] + storage["head"] + storage["norms"]
+
+
+def test_task_norms_train_in_both_phases_and_not_by_default():
+    assert make("bert").task_norm_layers() == {}
+    model = make("bert", task_norms=True)
+    model.add_task("a", 3)
+    norm = next(iter(model.task_norm_layers().values()))
+    for begin in (model.begin_mask_phase, model.begin_weight_phase):
+        begin()
+        trainable = {id(p) for p in model.trainable_parameters()}
+        assert id(norm.learning_weight) in trainable and id(norm.learning_bias) in trainable
+    model.discard_task()
+    assert norm.learning_weight is None and norm.num_finished == 0
+    with pytest.raises(ValueError, match="task_norms"):
+        ExSSNetConfig(task_norms="yes")

@@ -326,3 +326,16 @@ def test_knn_scores_restore_mode_and_task(learned, caplog):
     assert knn_scores(model, as_lists, labels_a[:120].tolist(), KKTConfig(seed=SEED)) == scores
     with pytest.raises(ValueError, match="not finished"):
         knn_scores(model, enc_a, labels_a, tasks=["C"])
+
+
+def test_transfer_copies_the_heaviest_sources_norms():
+    from conftest import learn_task, random_batch, tiny_encoder
+
+    model = ExSSNetModel.from_encoder(tiny_encoder("bert"), ExSSNetConfig(density=0.3, task_norms=True))
+    learn_task(model, "A", random_batch(seed=0), 3)
+    learn_task(model, "B", random_batch(seed=1), 3)
+    model.add_task("C", 3)
+    apply_transfer(model, ["A", "B"], [0.1, 0.3], torch.Generator().manual_seed(0))
+    for norm in model.task_norm_layers().values():
+        assert torch.equal(norm.learning_weight, norm.task_affine(1)[0])
+        assert torch.equal(norm.learning_bias, norm.task_affine(1)[1])
