@@ -62,6 +62,9 @@ class ExSSNetConfig:
         score_init: How a new task's scores start: `kaiming_uniform` (SupSup), `magnitude`
             (|pretrained weight| plus a small random jitter: the first mask keeps the largest
             weights) or `uniform` (U(0, 1)).
+        reuse_score_scale: Factor on the initial scores of the weights that earlier tasks' masks already
+            hold (1: no change). Below 1, a new task starts from more weights no earlier task uses, which
+            `exssnet` may train (with `magnitude` init and 1, later tasks start inside task 0's mask).
         task_norms: Give every task its own copy of each `nn.LayerNorm` affine (weight and bias) of the
             encoder, trained with the task's scores and weights; the pretrained norms stay shared and frozen.
             Costs 2 x hidden floats per norm per task (MiniLM: 13 norms, 39,936 bytes).
@@ -81,6 +84,7 @@ class ExSSNetConfig:
     method: str = "exssnet"
     target_modules: list[str] | str | None = None
     score_init: str = "magnitude"
+    reuse_score_scale: float = 1.0
     task_norms: bool = False
     weight_init: str = "pretrained"
     pooling: str = "cls"
@@ -105,6 +109,13 @@ class ExSSNetConfig:
         _check_choice("topk_method", self.topk_method, TOPK_METHODS)
         if self.head_activation is not None:
             _check_choice("head_activation", self.head_activation, HEAD_ACTIVATIONS)
+        try:
+            scale = float(self.reuse_score_scale)
+        except (TypeError, ValueError):
+            scale = float("nan")
+        if not 0.0 <= scale <= 1.0:
+            raise ValueError(f"ExSSNetConfig.reuse_score_scale={self.reuse_score_scale!r} must be a number in [0, 1] (1: off).")
+        self.reuse_score_scale = scale
         if not isinstance(self.task_norms, bool):
             raise ValueError(f"ExSSNetConfig.task_norms={self.task_norms!r} must be true or false.")
         if not 0.0 <= float(self.head_dropout) < 1.0:

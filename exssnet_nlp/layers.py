@@ -83,7 +83,8 @@ class SupermaskLinear(nn.Module):
         self.num_finished += 1
 
     # --- the task being learned -------------------------------------------------------------
-    def start_task(self, index: int, score_init: str, generator: torch.Generator) -> None:
+    def start_task(self, index: int, score_init: str, generator: torch.Generator, reuse_score_scale: float = 1.0) -> None:
+        """New scores for task `index`; those of weights an earlier task's mask holds are scaled by `reuse_score_scale`."""
         if index != self.num_finished:
             raise ValueError(f"cannot start task {index}: this layer has {self.num_finished} finished tasks.")
         scores = torch.empty(self.weight.shape, dtype=torch.float32)
@@ -98,7 +99,10 @@ class SupermaskLinear(nn.Module):
             scores.uniform_(0.0, 1.0, generator=generator)
         else:
             raise ValueError(f"unknown score_init {score_init!r}")
-        self.scores = nn.Parameter(scores.to(self.weight.device), requires_grad=False)
+        scores = scores.to(self.weight.device)
+        if reuse_score_scale != 1.0 and index > 0:
+            scores = torch.where(self.union_mask(index), scores * reuse_score_scale, scores)
+        self.scores = nn.Parameter(scores, requires_grad=False)
         self.learning_task = index
         self.phase = None
         self._invalidate()

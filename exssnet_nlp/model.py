@@ -247,7 +247,7 @@ class ExSSNetModel(TaskRegistry, nn.Module):
         self.heads[str(index)] = head.to(self._device_dtype()[0])
         generator = torch.Generator().manual_seed(task_seed(self.config.seed, name))
         for layer in self.supermask_layers().values():
-            layer.start_task(index, self.config.score_init, generator)
+            layer.start_task(index, self.config.score_init, generator, self.config.reuse_score_scale)
         for norm in self.task_norm_layers().values():
             norm.start_task(index)
         self._set_requires_grad(index, None)

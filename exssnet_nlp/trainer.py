@@ -46,6 +46,8 @@ class ContinualTrainingArguments:
     target_modules: list[str] | None = field(default=None, metadata={"help": "Linear layers to mask (default per model_type)."})
     score_init: str = field(default="magnitude", metadata={"help": "kaiming_uniform | magnitude | uniform."})
     weight_init: str = field(default="pretrained", metadata={"help": "pretrained | signed_constant."})
+    reuse_score_scale: float = field(default=1.0, metadata={
+        "help": "Factor on the initial scores of weights earlier tasks use; < 1 starts new tasks on free weights."})
     task_norms: bool = field(default=False, metadata={"help": "Give each task its own LayerNorm affines (masked methods)."})
     pooling: str = field(default="cls", metadata={"help": "cls | mean: how heads pool the last hidden state."})
     tasks: list[str] | None = field(default=None, metadata={"help": "Task names (registry names); YAML may give dicts."})
@@ -112,7 +114,7 @@ class ContinualTrainingArguments:
     def model_config(self) -> ExSSNetConfig:
         return ExSSNetConfig(density=self.density, method=self.method, target_modules=self.target_modules,
                              score_init=self.score_init, weight_init=self.weight_init, pooling=self.pooling, seed=self.seed,
-                             task_norms=self.task_norms)
+                             reuse_score_scale=self.reuse_score_scale, task_norms=self.task_norms)
 
     def learning_rate_for(self, phase: str) -> float:
         """The learning rate of a `mask`, `weight` or `dense` (baseline) phase."""

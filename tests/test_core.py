@@ -373,3 +373,21 @@ def test_task_norms_train_in_both_phases_and_not_by_default():
     assert norm.learning_weight is None and norm.num_finished == 0
     with pytest.raises(ValueError, match="task_norms"):
         ExSSNetConfig(task_norms="yes")
+
+
+# --- where a new task's mask starts ----------------------------------------------------------------------
+def test_reuse_score_scale_starts_new_tasks_on_free_weights(arch):
+    batch = random_batch()
+    plain, free = make(arch, density=0.3), make(arch, density=0.3, reuse_score_scale=0.0)
+    for model in (plain, free):
+        learn_task(model, "a", batch, 3)
+        model.add_task("b", 3)
+    # magnitude init: b starts mostly inside a's mask; with scale 0 it starts on weights a leaves free
+    overlap = {n: (m & plain.task_mask("a")[n]).float().mean() / 0.3 for n, m in plain.task_mask("b").items()}
+    assert min(overlap.values()) > 0.5
+    for name, mask in free.task_mask("b").items():
+        assert not (mask & free.task_mask("a")[name]).any(), name
+        assert int(mask.sum()) == free.supermask_layers()[name].k
+    for bad in (-0.1, 1.5, "x"):
+        with pytest.raises(ValueError, match="reuse_score_scale"):
+            ExSSNetConfig(reuse_score_scale=bad)
