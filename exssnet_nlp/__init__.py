@@ -2,7 +2,7 @@
 
 from .baselines import DenseContinualModel
 from .config import DEFAULT_TARGET_MODULES, TARGET_MODULE_PRESETS, ExSSNetConfig
-from .layers import SupermaskLinear
+from .layers import SupermaskLinear, TaskLayerNorm
 from .model import ExSSNetModel, TaskHead, TaskInfo
 from .trainer import ContinualTrainer, ContinualTrainingArguments, TrainerCallback, build_model, load_training_config, run_training
 
@@ -19,6 +19,7 @@ __all__ = [
     "SupermaskLinear",
     "TaskHead",
     "TaskInfo",
+    "TaskLayerNorm",
     "TrainerCallback",
     "__version__",
     "build_model",
