@@ -265,6 +265,23 @@ def kkt_tables(data: dict[str, Any]) -> str:
     return "\n\n".join(blocks)
 
 
+def ownership_table(data: dict[str, Any]) -> str:
+    """Share of each task's mask that it owns (and so trains in its weight phase): owned values / task 0's, which
+    owns its whole mask. Low shares mean later masks sit inside earlier ones, and exssnet has little to train."""
+    runs = [r for r in ordered(data["runs"]) if r["method"] in ("exssnet", "ssnet", "exssnet+kkt") and r.get("storage_per_task")]
+    if not runs:
+        return ""
+    tasks = runs[0]["tasks"]
+    lines = ["Share of each task's mask it owns (trains in its weight phase), %", "",
+             "| run | " + " | ".join(tasks) + " |", "| --- |" + " ---: |" * len(tasks)]
+    for run in runs:
+        per_task = run["storage_per_task"]
+        full = per_task.get(tasks[0], {}).get("values")
+        cells = [_pct(per_task[t]["values"] / full) if full and t in per_task else "-" for t in tasks]
+        lines.append(f"| {run_key(run['method'], run['density'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def matrices(data: dict[str, Any]) -> str:
     blocks = []
     for run in ordered(data["runs"]):
@@ -281,6 +298,9 @@ def report(data: dict[str, Any], with_matrices: bool = False) -> str:
     parts = [f"Machine: {machine.get('device', '?')}; torch {machine.get('torch', '?')}, transformers "
              f"{machine.get('transformers', '?')}; train samples per class: {data.get('train_samples_per_class')}; "
              f"mixed precision: {data.get('mixed_precision')}", "", results_table(data)]
+    owned = ownership_table(data)
+    if owned:
+        parts += ["", owned]
     kkt = kkt_tables(data)
     if kkt:
         parts += ["", kkt]
