@@ -13,6 +13,7 @@ import torch
 import yaml
 from transformers import AutoTokenizer, BertConfig, BertModel
 
+from exssnet_nlp import ExSSNetModel
 from exssnet_nlp.cli import main
 from exssnet_nlp.trainer import ContinualTrainer, ContinualTrainingArguments, TrainerCallback, build_model, load_training_config
 
@@ -292,3 +293,21 @@ def test_trainer_kkt_picks_the_matching_earlier_task(tiny_model_dir, tasks, tmp_
     assert record["sources"] == ["topic"], record
     assert set(record["knn_accuracy"]) == {"topic", "sentiment"} and record["seconds"] >= 0
     assert results["bwt"] == 0.0
+
+
+def test_task_norms_and_reuse_score_scale_from_the_command_line(tiny_model_dir, tasks, tmp_path):
+    config = {"model_name_or_path": tiny_model_dir, "method": "exssnet", "density": 0.2, "tasks": tasks,
+              "mask_epochs": 1, "weight_epochs": 1, "per_device_train_batch_size": 16, "max_length": 16, "pooling": "mean",
+              "output_dir": str(tmp_path / "run"), "disable_tqdm": True}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    args, _ = load_training_config(str(path), ["--task_norms", "true", "--reuse_score_scale", "0.5"])
+    assert args.model_config().task_norms and args.model_config().reuse_score_scale == 0.5
+    assert main(["train", "--config", str(path), "--task_norms", "true", "--reuse_score_scale", "0.5"]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["bwt"] == 0.0 and results["forgetting"] == 0.0
+    assert all(s["norms"] > 0 for s in results["storage"]["per_task"].values())
+    loaded = ExSSNetModel.from_pretrained(str(tmp_path / "run" / "checkpoint"))
+    assert loaded.config.task_norms and loaded.config.reuse_score_scale == 0.5 and len(loaded.task_norm_layers()) > 0
+    with pytest.raises(ValueError, match="reuse_score_scale"):
+        load_training_config(str(path), ["--reuse_score_scale", "2"])
