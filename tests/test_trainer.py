@@ -311,3 +311,9 @@ def test_task_norms_and_reuse_score_scale_from_the_command_line(tiny_model_dir, 
     assert loaded.config.task_norms and loaded.config.reuse_score_scale == 0.5 and len(loaded.task_norm_layers()) > 0
     with pytest.raises(ValueError, match="reuse_score_scale"):
         load_training_config(str(path), ["--reuse_score_scale", "2"])
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (Path(__file__).parents[1] / "configs").glob("*.yaml")))
+def test_shipped_configs_load(config):
+    args, task_list = load_training_config(str(Path(__file__).parents[1] / "configs" / config), [])
+    assert task_list and args.model_config().density == args.density
