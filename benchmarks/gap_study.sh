@@ -19,8 +19,9 @@ declare -A VARIANTS=(
   [allmods]="--methods exssnet --target_modules all"
   [wlr5e5]="--methods exssnet --weight_learning_rate 5e-5"
   [epochs4]="--methods exssnet,supsup --mask_epochs 4 --weight_epochs 4"
+  [kaiming_seed43]="--methods exssnet,supsup --score_init kaiming_uniform --seed 43"
 )
-ORDER=(base kaiming norms reuse05 allmods wlr5e5 epochs4)
+ORDER=(base kaiming norms reuse05 allmods wlr5e5 epochs4 kaiming_seed43)
 for name in "${@:-${ORDER[@]}}"; do
   [ -n "${VARIANTS[$name]+x}" ] || { echo "unknown variant $name; known: ${ORDER[*]}" >&2; exit 2; }
   # shellcheck disable=SC2086  # word splitting of the flag lists is intended
