@@ -190,9 +190,7 @@ class ExSSNetModel(TaskRegistry, nn.Module):
                     with torch.no_grad():
                         std = layer.weight.float().std()
                         layer.weight.copy_((torch.sign(layer.weight.float()) * std).to(layer.weight.dtype))
-                parent_name, _, child = name.rpartition(".")
-                parent = self.encoder.get_submodule(parent_name) if parent_name else self.encoder
-                setattr(parent, child, layer)
+                self._replace_submodule(name, layer)
                 replaced.append(name)
         if not replaced:
             linears = [n for n, m in self.encoder.named_modules() if isinstance(m, nn.Linear)][:8]
@@ -202,11 +200,14 @@ class ExSSNetModel(TaskRegistry, nn.Module):
         if self.config.task_norms:
             for name, module in list(self.encoder.named_modules()):
                 if isinstance(module, nn.LayerNorm):
-                    parent_name, _, child = name.rpartition(".")
-                    parent = self.encoder.get_submodule(parent_name) if parent_name else self.encoder
-                    setattr(parent, child, TaskLayerNorm(module))
+                    self._replace_submodule(name, TaskLayerNorm(module))
             if not self.task_norm_layers():
                 raise ValueError(f"task_norms=True, but this {self.model_type} encoder has no nn.LayerNorm to copy per task.")
+
+    def _replace_submodule(self, name: str, module: nn.Module) -> None:
+        parent_name, _, child = name.rpartition(".")
+        parent = self.encoder.get_submodule(parent_name) if parent_name else self.encoder
+        setattr(parent, child, module)
 
     def supermask_layers(self) -> dict[str, SupermaskLinear]:
         """Module name (within the encoder) -> its `SupermaskLinear`."""

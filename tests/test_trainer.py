@@ -314,6 +314,9 @@ def test_task_norms_and_reuse_score_scale_from_the_command_line(tiny_model_dir, 
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (Path(__file__).parents[1] / "configs").glob("*.yaml")))
-def test_shipped_configs_load(config):
+def test_shipped_configs_load(config, tiny_model_dir):
     args, task_list = load_training_config(str(Path(__file__).parents[1] / "configs" / config), [])
-    assert task_list and args.model_config().density == args.density
+    names = [t if isinstance(t, str) else t["name"] for t in task_list]
+    assert names and len(set(names)) == len(names) and args.tasks == names
+    # the config's mask settings resolve against a BERT-family encoder (the configs' encoders are all BERTs)
+    assert ExSSNetModel.from_encoder(tiny_model_dir, args.model_config()).supermask_layers()
