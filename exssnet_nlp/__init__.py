@@ -1,21 +1,38 @@
 """exssnet-nlp: continual learning for Hugging Face encoders with exclusive supermask subnetworks."""
 
-from .baselines import DenseContinualModel
-from .config import DEFAULT_TARGET_MODULES, TARGET_MODULE_PRESETS, ExSSNetConfig
-from .layers import SupermaskLinear, TaskLayerNorm
-from .model import ExSSNetModel, TaskHead, TaskInfo
-from .trainer import ContinualTrainer, ContinualTrainingArguments, TrainerCallback, build_model, load_training_config, run_training
+from .kkt import KKTConfig
+from .methods import ContinualModel, MethodConfig, Phase, get_method, load_pretrained, method_names, register_method
+from .methods.dense import DenseConfig, FinetuneModel, IndependentModel
+from .methods.supermask import ExSSNetConfig, ExSSNetModel, SupermaskLinear, TaskLayerNorm
+from .targets import DEFAULT_TARGET_MODULES, TARGET_MODULE_PRESETS
+from .tasks import TaskHead, TaskInfo
+from .training import (
+    ContinualCallback,
+    ContinualTrainer,
+    ContinualTrainingArguments,
+    TrainerCallback,
+    build_model,
+    load_training_config,
+    run_training,
+)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DEFAULT_TARGET_MODULES",
     "TARGET_MODULE_PRESETS",
+    "ContinualCallback",
+    "ContinualModel",
     "ContinualTrainer",
     "ContinualTrainingArguments",
-    "DenseContinualModel",
+    "DenseConfig",
     "ExSSNetConfig",
     "ExSSNetModel",
+    "FinetuneModel",
+    "IndependentModel",
+    "KKTConfig",
+    "MethodConfig",
+    "Phase",
     "SupermaskLinear",
     "TaskHead",
     "TaskInfo",
@@ -23,6 +40,10 @@ __all__ = [
     "TrainerCallback",
     "__version__",
     "build_model",
+    "get_method",
+    "load_pretrained",
     "load_training_config",
+    "method_names",
+    "register_method",
     "run_training",
 ]

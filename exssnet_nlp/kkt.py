@@ -30,8 +30,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 from tqdm.auto import tqdm
 
-from .layers import MASK_PHASE
-from .model import CREATED, ExSSNetModel, pool
+from .tasks import CREATED, pool
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ MAX_DEFAULT_K = 25
 MIN_SCORABLE = 4
 # Auto margin (`min_improvement=None`): this many binomial standard errors of chance accuracy on the held-out split.
 AUTO_MARGIN_STD_ERRORS = 2.5
-_MODEL_STATES_FOR_TRANSFER = (CREATED, MASK_PHASE)
+_MODEL_STATES_FOR_TRANSFER = (CREATED, "mask")  # before the weight phase
 
 
 def _is_int(value: Any) -> bool:
@@ -229,11 +228,11 @@ def _holdout_split(labels: np.ndarray, config: KKTConfig) -> tuple[np.ndarray, n
 
 
 # --- scoring --------------------------------------------------------------------------------------
-def _encoder_device(model: ExSSNetModel) -> torch.device:
+def _encoder_device(model: Any) -> torch.device:
     return next(model.encoder.parameters()).device
 
 
-def _embed(model: ExSSNetModel, encodings: Mapping[str, torch.Tensor], task: str, config: KKTConfig) -> np.ndarray:
+def _embed(model: Any, encodings: Mapping[str, torch.Tensor], task: str, config: KKTConfig) -> np.ndarray:
     """L2-normalised pooled embeddings of every example under `task`'s mask (caller handles modes)."""
     device = _encoder_device(model)
     input_ids = encodings["input_ids"]
@@ -301,19 +300,19 @@ def _take(encodings: Mapping[str, Any], indices: torch.Tensor | None = None, pad
     return taken
 
 
-def _pad_id(model: ExSSNetModel) -> int:
+def _pad_id(model: Any) -> int:
     pad = getattr(model.encoder.config, "pad_token_id", None)
     return int(pad) if pad is not None else 0
 
 
-def knn_scores(model: ExSSNetModel, encodings: Mapping[str, Any], labels: torch.Tensor | Sequence[int] | np.ndarray,
+def knn_scores(model: Any, encodings: Mapping[str, Any], labels: torch.Tensor | Sequence[int] | np.ndarray,
                config: KKTConfig | None = None, tasks: Sequence[str] | None = None) -> dict[str, float]:
     """Held-out KNN accuracy of `labels` on embeddings of `encodings` under each finished task's mask.
 
     Every row of `encodings` (input_ids, attention_mask[, token_type_ids]; tensors, or lists that
     are padded here) is embedded: sample them first (`select_sample`). Every task is scored on the
     same seeded split, so the accuracies compare. The model's train/eval mode, current task and the
-    layers' active task are restored afterwards.
+    current task are restored afterwards.
     """
     config = config or KKTConfig()
     tensors = _take(encodings, pad_token_id=_pad_id(model))
@@ -332,8 +331,6 @@ def knn_scores(model: ExSSNetModel, encodings: Mapping[str, Any], labels: torch.
 
     was_training = model.training
     current = model.current_task
-    layers = list(model.supermask_layers().values())
-    active = [layer.active_task for layer in layers]
     scores: dict[str, float] = {}
     model.eval()  # no dropout: the embeddings are the mask's, not noise's
     try:
@@ -345,15 +342,13 @@ def knn_scores(model: ExSSNetModel, encodings: Mapping[str, Any], labels: torch.
                 scores[task] = float(knn.score(embeddings[test], array[test]))
     finally:
         model.train(was_training)
-        for layer, index in zip(layers, active, strict=True):
-            layer.active_task = index
         if current is not None and model.current_task != current:
             model.set_task(current)
     return scores
 
 
 # --- transfer -------------------------------------------------------------------------------------
-def _vote_topk(votes: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+def vote_topk(votes: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """Bool mask of the k largest votes; equal votes are ordered by a seeded random permutation (never reorders unequal votes)."""
     flat = votes.flatten()
     perm = torch.randperm(flat.numel(), generator=generator).to(flat.device)
@@ -363,7 +358,7 @@ def _vote_topk(votes: torch.Tensor, k: int, generator: torch.Generator) -> torch
     return mask.view_as(votes)
 
 
-def apply_transfer(model: ExSSNetModel, sources: Sequence[str], weights: Sequence[float] | None = None,
+def apply_transfer(model: Any, sources: Sequence[str], weights: Sequence[float] | None = None,
                    generator: torch.Generator | None = None) -> None:
     """Set the learning task's scores so that its initial mask comes from the finished `sources`.
 
@@ -398,29 +393,13 @@ def apply_transfer(model: ExSSNetModel, sources: Sequence[str], weights: Sequenc
     weights = [float(w) for w in weights]
     if len(weights) != len(sources) or not all(math.isfinite(w) and w > 0 for w in weights):
         raise ValueError(f"weights must be {len(sources)} positive finite numbers, one per source; got {weights}.")
-    index = model.task_index(name)
     if generator is None:
-        generator = torch.Generator().manual_seed(model.config.seed * 100003 + index + 7919)
-    source_indices = [model.task_index(s) for s in sources]
-    for layer in model.supermask_layers().values():
-        if len(source_indices) == 1:
-            mask = layer.task_mask(source_indices[0])
-        else:
-            votes = torch.zeros(layer.weight.shape, dtype=torch.float32, device=layer.weight.device)
-            for j, w in zip(source_indices, weights, strict=True):
-                votes += w * layer.task_mask(j)
-            mask = _vote_topk(votes, layer.k, generator)
-        layer.set_scores_from_mask(mask)
-    heaviest = source_indices[max(range(len(weights)), key=lambda j: (weights[j], -j))]
-    with torch.no_grad():
-        for norm in model.task_norm_layers().values():
-            weight, bias = norm.task_affine(heaviest)
-            norm.learning_weight.copy_(weight)
-            norm.learning_bias.copy_(bias)
+        generator = torch.Generator().manual_seed(model.config.seed * 100003 + model.task_index(name) + 7919)
+    model.start_from_tasks(sources, weights, generator)
 
 
 # --- the whole step -------------------------------------------------------------------------------
-def run_kkt(model: ExSSNetModel, encodings: Mapping[str, Any], labels: torch.Tensor | Sequence[int] | np.ndarray,
+def run_kkt(model: Any, encodings: Mapping[str, Any], labels: torch.Tensor | Sequence[int] | np.ndarray,
             num_labels: int, config: KKTConfig | None = None) -> KKTResult:
     """Sample, score every finished task, choose source(s) and start the learning task's mask from them.
 

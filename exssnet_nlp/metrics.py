@@ -15,13 +15,13 @@ All arithmetic is on plain Python floats, so a difference of equal accuracies is
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from .io import write_bytes_atomic, write_json_atomic
 
 Matrix = Sequence[Sequence[float | None]]
 
@@ -166,24 +166,6 @@ def format_accuracy_matrix(A: Matrix, tasks: Sequence[str], untrained: Sequence[
     return "\n".join(lines)
 
 
-def _atomic_write(path: str | os.PathLike[str], write: Any, suffix: str, binary: bool) -> Path:
-    """Write to a temp file in the target's folder, then os.replace it: readers never see half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
-
 def plot_accuracy_matrix(A: Matrix, tasks: Sequence[str], path: str | os.PathLike[str], title: str | None = None) -> Path:
     """Save the matrix as an annotated heatmap PNG (percent; blank where not evaluated), atomically.
 
@@ -214,7 +196,7 @@ def plot_accuracy_matrix(A: Matrix, tasks: Sequence[str], path: str | os.PathLik
                 ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", color="white" if values[i, j] < 60 else "black", fontsize=9)
     ax.set_title(title or "accuracy matrix")
     fig.tight_layout()
-    return _atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110), ".png", binary=True)
+    return write_bytes_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
 
 
 def capacity_summary(capacity: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
@@ -235,20 +217,3 @@ def capacity_summary(capacity: Mapping[str, Mapping[str, float]]) -> dict[str, A
     free = [s["free"] for s in layers.values()]
     return {"layers": layers, "mean_used": _mean(used) if used else None, "mean_free": _mean(free) if free else None,
             "num_layers": len(layers)}
-
-
-def _json_default(obj: Any) -> Any:
-    # numpy scalars / arrays, torch tensors and paths turn up in results; store them as plain JSON.
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-def write_json_atomic(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> Path:
-    """``json.dump`` to a temp file in the same folder, then ``os.replace``: no half-written file."""
-    text = json.dumps(obj, indent=indent, default=_json_default, ensure_ascii=False)
-    return _atomic_write(path, lambda handle: handle.write(text + "\n"), ".json", binary=False)

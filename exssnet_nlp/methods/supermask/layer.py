@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .masks import MaskedWeight, num_kept, pack_bits, topk_mask, unpack_bits
+from ...masks import MaskedWeight, num_kept, pack_bits, topk_mask, unpack_bits
 
 MASK_PHASE = "mask"
 WEIGHT_PHASE = "weight"
@@ -72,6 +72,10 @@ class SupermaskLinear(nn.Module):
         for i in range(1, upto):
             packed |= self.packed_mask(i)
         return unpack_bits(packed, self.weight.shape)
+
+    def owned_mask(self, index: int) -> torch.Tensor:
+        """The weights task `index` owns: its mask minus the union of earlier tasks' masks (the one place this is computed)."""
+        return self.task_mask(index) & ~self.union_mask(index)
 
     def add_finished_mask(self, packed: torch.Tensor) -> None:
         """Register a finished task's packed mask (used by `finish_task` and checkpoint loading)."""
@@ -147,7 +151,7 @@ class SupermaskLinear(nn.Module):
         mask = self.current_mask()
         self.scores.requires_grad_(False)
         self._phase_mask = mask
-        trainable = mask & ~self.union_mask(self.learning_task) if exclusive else mask
+        trainable = self.owned_mask(self.learning_task) if exclusive else mask
         index = trainable.flatten().nonzero().squeeze(1)
         self.exclusive_index = index
         self.exclusive_values = nn.Parameter(self.weight.detach().flatten()[index].clone(), requires_grad=True)

@@ -1,0 +1,63 @@
+"""`load_pretrained`: any method's checkpoint back into its model, installing each task's tensors directly."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from ..checkpoint import build_encoder, read_config, read_tensor_file, resolve_checkpoint
+from .registry import get_method
+
+
+def load_pretrained(path_or_repo_id: str | os.PathLike, revision: str | None = None,
+                    encoder: PreTrainedModel | str | None = None, device: str | torch.device | None = None,
+                    return_trainer_state: bool = False) -> Any:
+    """Rebuild the model saved by `save_pretrained` (a directory or a Hub repo id), whatever its method.
+
+    The encoder is `encoder` if given, else the checkpoint's base weights, else `AutoModel.from_pretrained`
+    of the stored reference; its fingerprint must match the stored one. Every file is read and verified
+    before anything is built. Returns the model in eval mode with the last task current (and the trainer's
+    resume state with `return_trainer_state=True`).
+    """
+    directory = resolve_checkpoint(path_or_repo_id, revision)
+    data = read_config(directory)
+    spec = get_method(data["method"])
+    config = spec.make_config(data["method_config"])
+    files = data["files"]
+    task_tensors = [read_tensor_file(directory, task["file"], files) for task in data["tasks"]]
+    shared = read_tensor_file(directory, data["shared_weights"], files) if data.get("shared_weights") else {}
+
+    from_base_file = False
+    if encoder is None:
+        encoder, from_base_file = build_encoder(data["encoder"], directory, data.get("base_weights"), files)
+    model_class = spec.model_class
+    if from_base_file:
+        # The stored weights are already transformed (e.g. signed_constant): don't transform them twice.
+        model = model_class.from_encoder(encoder, model_class.config_for_saved_base(config))
+        model.config = config
+        model.base_fingerprint = data["base_fingerprint"].get("value")
+    else:
+        model = model_class.from_encoder(encoder, config)
+        stored = data["base_fingerprint"].get("value")
+        if model.base_fingerprint != stored:
+            source = "the encoder passed as encoder=" if not isinstance(encoder, str) else repr(encoder)
+            if isinstance(encoder, PreTrainedModel) and data["encoder"].get("name_or_path"):
+                source = repr(data["encoder"]["name_or_path"])
+            raise ValueError(f"the base weights from {source} do not match the ones the checkpoint was learned on "
+                             f"(fingerprint {model.base_fingerprint[:12]}... != {str(stored)[:12]}...). Load the exact encoder "
+                             "(same weights, dtype and revision) with encoder=..., or re-save the checkpoint with include_base=True.")
+    if device is not None:
+        model.to(device)
+    model.load_shared_state(shared)
+    for task, tensors in zip(data["tasks"], task_tensors, strict=True):
+        model.install_task(task["name"], int(task["num_labels"]), list(task.get("label_names") or []) or None, tensors,
+                           task.get("metadata") or {}, task["file"])
+    if model.tasks:
+        model.set_task(model.tasks[-1])
+    model.eval()
+    if return_trainer_state:
+        return model, data.get("trainer_state")
+    return model

@@ -1,0 +1,70 @@
+"""Method name -> (config class, model class): how the trainer, the checkpoint loader and the CLI find a method.
+
+A method registers itself when its module is imported (`methods/__init__.py` imports the built-in ones):
+
+    register_method("mymethod", MyConfig, MyModel, description="...")
+
+Nothing else is edited to add one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method: its classes, the config values its name implies, and a one-line description."""
+
+    name: str
+    config_class: type
+    model_class: type
+    defaults: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def config_fields(self) -> list:
+        """The config's fields a user sets (the ones the method name implies are left out)."""
+        return [f for f in fields(self.config_class) if f.init and f.name not in self.defaults]
+
+    def make_config(self, values: dict[str, Any] | Any | None = None, **overrides: Any) -> Any:
+        """The method's config from a dict (or a config instance), with the values its name implies."""
+        if isinstance(values, self.config_class):
+            values = values.to_dict()
+        data = {**dict(values or {}), **overrides}
+        clash = {k: v for k, v in self.defaults.items() if k in data and data[k] != v}
+        if clash:
+            raise ValueError(f"method {self.name!r} implies {self.defaults}; got {clash}. Pick the method by name instead.")
+        return self.config_class.from_dict({**data, **self.defaults})
+
+    def build(self, encoder: Any, config: Any | None = None, **from_pretrained_kwargs: Any) -> Any:
+        """The model for this method around `encoder` (a model, or a Hub id / path)."""
+        return self.model_class.from_encoder(encoder, self.make_config(config), **from_pretrained_kwargs)
+
+
+def register_method(name: str, config_class: type, model_class: type, *, defaults: dict[str, Any] | None = None,
+                    description: str = "") -> MethodSpec:
+    """Make method `name` available to the trainer, the CLI and checkpoint loading."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"method name {name!r} must be an identifier (letters, digits, underscores).")
+    for attr in ("from_encoder", "phases", "add_task", "begin_phase", "finish_task", "discard_task", "task_state", "install_task"):
+        if not callable(getattr(model_class, attr, None)):
+            raise ValueError(f"{model_class.__name__} lacks {attr}(); subclass exssnet_nlp.methods.base.ContinualModel.")
+    if name in _REGISTRY and _REGISTRY[name].model_class is not model_class:
+        raise ValueError(f"method {name!r} is already registered to {_REGISTRY[name].model_class.__name__}.")
+    spec = MethodSpec(name, config_class, model_class, dict(defaults or {}), description)
+    _REGISTRY[name] = spec
+    return spec
+
+
+def get_method(name: str) -> MethodSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"method={name!r} is not a registered method; available: {', '.join(method_names())}.") from None
+
+
+def method_names() -> list[str]:
+    return list(_REGISTRY)

@@ -1,0 +1,78 @@
+"""`ExSSNetConfig`: what the supermask methods mask, how densely, and how a task's mask starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...targets import TARGET_MODULES_HELP, normalise_target_modules, resolve_target_modules
+from ..base import MethodConfig
+
+METHODS = ("exssnet", "ssnet", "supsup")
+SCORE_INITS = ("kaiming_uniform", "magnitude", "uniform")
+WEIGHT_INITS = ("pretrained", "signed_constant")
+TOPK_METHODS = ("auto", "topk", "kthvalue", "sort")
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"ExSSNetConfig.{name}={value!r} is not valid; allowed values: {', '.join(allowed)}.")
+
+
+@dataclass
+class ExSSNetConfig(MethodConfig):
+    """Configuration of the supermask methods (`exssnet`, `ssnet`, `supsup`; `wsn` extends it).
+
+    Every field's help text is its documentation; `exssnet-nlp train --method exssnet --help` prints them.
+    """
+
+    density: float = field(default=0.1, metadata={
+        "help": "Fraction of each targeted layer's weights that a task's mask keeps (0 < density <= 1); a mask holds "
+                "exactly round(density * numel) weights."})
+    method: str = field(default="exssnet", metadata={
+        "help": "exssnet (mask, then train the weights no earlier task uses: zero forgetting) | ssnet (mask, then train "
+                "every weight in the mask: forgets) | supsup (masks only)."})
+    target_modules: list[str] | str | None = field(default=None, metadata={
+        "help": TARGET_MODULES_HELP})
+    score_init: str = field(default="magnitude", metadata={
+        "help": "How a task's scores start: kaiming_uniform (SupSup) | magnitude (|pretrained weight| + 1% jitter: the "
+                "first mask keeps the largest weights) | uniform."})
+    reuse_score_scale: float = field(default=1.0, metadata={
+        "help": "Factor in [0, 1] on the initial scores of weights earlier tasks' masks hold (1: off); below 1 a new "
+                "task starts on more free weights, which exssnet may train."})
+    task_norms: bool = field(default=False, metadata={
+        "help": "Give every task its own copy of each LayerNorm affine, trained with its mask (MiniLM: 39,936 bytes per task)."})
+    weight_init: str = field(default="pretrained", metadata={
+        "help": "pretrained (keep the encoder's weights) | signed_constant (sign(w) * std(w) per masked layer, as SupSup)."})
+    topk_method: str = field(default="auto", metadata={
+        "help": "Top-k selection every mask-phase step: auto (time each exact method once per shape and device) | "
+                "topk | kthvalue | sort."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            density = float(self.density)
+        except (TypeError, ValueError):
+            raise ValueError(f"ExSSNetConfig.density={self.density!r} must be a number with 0 < density <= 1.") from None
+        if not 0.0 < density <= 1.0:
+            raise ValueError(f"ExSSNetConfig.density={self.density!r} is out of range; use a value with 0 < density <= 1 (e.g. 0.1).")
+        self.density = density
+        _check_choice("method", self.method, METHODS)
+        _check_choice("score_init", self.score_init, SCORE_INITS)
+        _check_choice("weight_init", self.weight_init, WEIGHT_INITS)
+        _check_choice("topk_method", self.topk_method, TOPK_METHODS)
+        try:
+            scale = float(self.reuse_score_scale)
+        except (TypeError, ValueError):
+            scale = float("nan")
+        if not 0.0 <= scale <= 1.0:
+            raise ValueError(f"ExSSNetConfig.reuse_score_scale={self.reuse_score_scale!r} must be a number in [0, 1] (1: off).")
+        self.reuse_score_scale = scale
+        if not isinstance(self.task_norms, bool):
+            raise ValueError(f"ExSSNetConfig.task_norms={self.task_norms!r} must be true or false.")
+        self.target_modules = normalise_target_modules("ExSSNetConfig", self.target_modules)
+
+    # --- resolution against an encoder -------------------------------------------------
+    def resolved_target_modules(self, model_type: str) -> list[str] | str:
+        """Suffix list or regex for this encoder: presets become the `model_type`'s regex."""
+        return resolve_target_modules(self.target_modules, model_type)

