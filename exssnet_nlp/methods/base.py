@@ -110,7 +110,7 @@ class Phase:
 class ContinualModel(TaskRegistry, nn.Module):
     """A shared encoder plus one head per task, learned one task after another (see the module docstring)."""
 
-    method: str = "?"  # the registry name; set by `methods.registry.register_method`
+    method: str = "?"  # the registry name (a class attribute, or a property when one class serves several names)
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     isolates_tasks: ClassVar[bool] = False  # a finished task's outputs never change (zero forgetting by construction)
     supports_kkt: ClassVar[bool] = False
@@ -227,6 +227,11 @@ class ContinualModel(TaskRegistry, nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+    def parameter_groups(self, phase: str) -> list[tuple[tuple[str, ...] | None, list[nn.Parameter]]]:
+        """What phase `phase` of the learning task trains besides the head, as (LR settings, parameters) groups;
+        `None` means the phase's own learning rate. Override to give parts their own rate (e.g. `wsn`)."""
+        return [(None, self._phase_parameters(self._learning_index("parameter_groups"), phase))]
 
     def head_parameters(self, task: str | None = None) -> list[nn.Parameter]:
         return list(self.heads[str(self.task_index(task))].parameters())

@@ -142,20 +142,24 @@ class ContinualTrainer:
         return accuracy(self.model, loader, task, self.accelerator)
 
     # --- one phase ---------------------------------------------------------------------------
+    def _learning_rate(self, settings: tuple[str, ...], phase: str) -> float:
+        """The first of `settings` that is set (method config first, then these arguments)."""
+        lr = next((self.args.setting(n) for n in settings if self.args.setting(n) is not None), None)
+        if lr is None:
+            raise ValueError(f"phase {phase!r} of method {self.args.method!r} has no learning rate: set one of {settings}.")
+        return float(lr)
+
     def _train_phase(self, index: int, position: int, phase: Phase) -> dict[str, Any]:
         args, acc = self.args, self.accelerator
         task = self.task_names[index]
         epochs = float(args.setting(phase.epochs))
-        lr = next((args.setting(n) for n in phase.learning_rate if args.setting(n) is not None), None)
-        if lr is None:
-            raise ValueError(f"phase {phase.name!r} of method {args.method!r} has no learning rate: set one of {phase.learning_rate}.")
+        lr = self._learning_rate(phase.learning_rate, phase.name)
         self.model.begin_phase(phase.name)
-        phase = phase.name
-        params = self.model.trainable_parameters()
-        head_ids = {id(p) for p in self.model.head_parameters(task)}
-        groups = [{"params": [p for p in params if id(p) not in head_ids], "lr": lr},
-                  {"params": [p for p in params if id(p) in head_ids], "lr": args.head_learning_rate or lr}]
+        groups = [{"params": params, "lr": lr if settings is None else self._learning_rate(settings, phase.name)}
+                  for settings, params in self.model.parameter_groups(phase.name)]
+        groups.append({"params": self.model.head_parameters(task), "lr": args.head_learning_rate or lr})
         groups = [g for g in groups if g["params"]]
+        phase = phase.name
         optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=args.weight_decay)
         loader = self._loader(self._train_sets[index], train=True, seed=args.seed + 1000 * index + position + 1)
         steps_per_epoch = math.ceil(len(loader) / max(acc.num_processes, 1) / args.gradient_accumulation_steps)
