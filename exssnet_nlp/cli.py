@@ -1,4 +1,4 @@
-"""The `exssnet-nlp` command: train, evaluate, predict, export, push."""
+"""The `exssnet-nlp` command: train, evaluate, predict, export, push, methods."""
 
 from __future__ import annotations
 
@@ -7,26 +7,38 @@ import json
 import logging
 import sys
 
+COMMANDS = {
+    "train": "Learn a sequence of tasks (YAML --config plus --flags; `train --method NAME --help` lists the method's flags).",
+    "evaluate": "Test accuracy of every task of a checkpoint, on the data of a training config.",
+    "predict": "Classify texts with one task of a checkpoint.",
+    "export": "Write one task of a checkpoint as a stock transformers ...ForSequenceClassification.",
+    "push": "Upload a checkpoint with a model card to the Hugging Face Hub.",
+    "methods": "List the registered continual methods.",
+}
+
 
 def _train(rest: list[str]) -> int:
-    from .trainer import load_training_config, run_training
+    from .training.arguments import argument_parser, load_training_config
 
-    parser = argparse.ArgumentParser(prog="exssnet-nlp train", add_help=False)
-    parser.add_argument("--config", default=None, help="YAML file; any --key value after it overrides the file.")
-    parser.add_argument("-h", "--help", action="store_true")
-    known, overrides = parser.parse_known_args(rest)
+    probe = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    probe.add_argument("--config", default=None)
+    probe.add_argument("--method", default=None)
+    probe.add_argument("-h", "--help", action="store_true")
+    known, _ = probe.parse_known_args(rest)
     if known.help:
-        from transformers import HfArgumentParser
+        method = known.method
+        if method is None and known.config:
+            import yaml
 
-        from .trainer import ContinualTrainingArguments
-
-        print("usage: exssnet-nlp train --config FILE [--key value ...]\n")
-        HfArgumentParser(ContinualTrainingArguments).print_help()
+            with open(known.config) as handle:
+                method = (yaml.safe_load(handle) or {}).get("method")
+        argument_parser(method or "exssnet").print_help()
         return 0
-    args, tasks = load_training_config(known.config, overrides)
-    results = run_training(args, tasks)
+    args, tasks = load_training_config(known.config, rest)
     from .metrics import format_accuracy_matrix
+    from .training.trainer import run_training
 
+    results = run_training(args, tasks)
     print("\nAccuracy matrix (%): row i = after training task i")
     print(format_accuracy_matrix(results["accuracy_matrix"], results["tasks"]))
     summary = {k: results[k] for k in ("average_accuracy", "bwt", "forgetting", "fwt")}
@@ -35,62 +47,75 @@ def _train(rest: list[str]) -> int:
     return 0
 
 
-def _checkpoint_command(name: str, rest: list[str]) -> int:
-    from . import checkpoint
-
-    parser = argparse.ArgumentParser(prog=f"exssnet-nlp {name}")
-    parser.add_argument("--checkpoint", required=True, help="Checkpoint directory (or Hub repo id).")
+def _parser(name: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"exssnet-nlp {name}", description=COMMANDS[name], allow_abbrev=False)
+    if name != "methods":
+        parser.add_argument("--checkpoint", required=True, help="Checkpoint directory (or Hub repo id).")
     if name == "export":
-        parser.add_argument("--task", required=True)
-        parser.add_argument("--output", required=True)
-        ns = parser.parse_args(rest)
-        model = checkpoint.load_pretrained(ns.checkpoint)
-        model.export_task(ns.task, ns.output)
-        print(f"exported task {ns.task!r} to {ns.output}: load it with AutoModelForSequenceClassification.from_pretrained")
-        return 0
-    if name == "push":
-        parser.add_argument("--repo-id", required=True)
-        parser.add_argument("--private", action="store_true")
-        ns = parser.parse_args(rest)
-        model = checkpoint.load_pretrained(ns.checkpoint)
-        print(model.push_to_hub(ns.repo_id, private=ns.private or None))
-        return 0
-    if name == "predict":
-        parser.add_argument("--task", required=True)
-        parser.add_argument("--max-length", type=int, default=128)
-        parser.add_argument("texts", nargs="+")
-        ns = parser.parse_args(rest)
-        model, tokenizer = checkpoint.load_for_inference(ns.checkpoint)
-        for text, pred in zip(ns.texts, checkpoint.predict(model, tokenizer, ns.task, ns.texts, ns.max_length), strict=True):
-            print(json.dumps({"text": text, **pred}))
-        return 0
-    if name == "evaluate":
+        parser.add_argument("--task", required=True, help="The task to export.")
+        parser.add_argument("--output", required=True, help="Directory for the exported transformers model.")
+    elif name == "push":
+        parser.add_argument("--repo-id", required=True, help="Hub repository, e.g. user/my-continual-model.")
+        parser.add_argument("--private", action="store_true", help="Create the repository as private.")
+    elif name == "predict":
+        parser.add_argument("--task", required=True, help="The task whose head answers.")
+        parser.add_argument("--max-length", type=int, default=128, help="Tokens per text after truncation.")
+        parser.add_argument("texts", nargs="+", help="Texts to classify.")
+    elif name == "evaluate":
         parser.add_argument("--tasks", nargs="*", default=None, help="Task names (default: every task in the checkpoint).")
         parser.add_argument("--config", default=None, help="Training YAML whose task list gives the data.")
-        parser.add_argument("--eval_samples_per_class", type=int, default=None)
-        parser.add_argument("--batch-size", type=int, default=64)
-        ns = parser.parse_args(rest)
-        accuracies = checkpoint.evaluate_checkpoint(ns.checkpoint, config_file=ns.config, tasks=ns.tasks,
+        parser.add_argument("--eval_samples_per_class", type=int, default=None, help="Cap on test examples per class.")
+        parser.add_argument("--batch-size", type=int, default=64, help="Examples per forward pass.")
+    return parser
+
+
+def _command(name: str, rest: list[str]) -> int:
+    ns = _parser(name).parse_args(rest)
+    if name == "methods":
+        from .methods import get_method, method_names
+
+        for method in method_names():
+            print(f"{method:12s} {get_method(method).description}")
+        return 0
+    from .methods import load_pretrained
+    from .training import evaluation
+
+    if name == "export":
+        model = load_pretrained(ns.checkpoint)
+        model.export_task(ns.task, ns.output)
+        print(f"exported task {ns.task!r} to {ns.output}: load it with AutoModelForSequenceClassification.from_pretrained")
+    elif name == "push":
+        print(load_pretrained(ns.checkpoint).push_to_hub(ns.repo_id, private=ns.private or None))
+    elif name == "predict":
+        model, tokenizer = evaluation.load_for_inference(ns.checkpoint)
+        for text, pred in zip(ns.texts, evaluation.predict(model, tokenizer, ns.task, ns.texts, ns.max_length), strict=True):
+            print(json.dumps({"text": text, **pred}))
+    elif name == "evaluate":
+        accuracies = evaluation.evaluate_checkpoint(ns.checkpoint, config_file=ns.config, tasks=ns.tasks,
                                                     eval_samples_per_class=ns.eval_samples_per_class, batch_size=ns.batch_size)
         print(json.dumps(accuracies, indent=2))
-        return 0
-    raise AssertionError(name)
-
-
-COMMANDS = ("train", "evaluate", "predict", "export", "push")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--version":
+        from importlib.metadata import version
+
+        print(f"exssnet-nlp {version('exssnet-nlp')}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print(f"usage: exssnet-nlp {{{','.join(COMMANDS)}}} ...\n  exssnet-nlp train --config configs/demo.yaml\n"
-              "  exssnet-nlp export --checkpoint runs/demo/checkpoint --task bbc_news --output exported/")
+        print("usage: exssnet-nlp {" + ",".join(COMMANDS) + "} ...\n")
+        for name, text in COMMANDS.items():
+            print(f"  {name:9s} {text}")
+        print("\nexamples:\n  exssnet-nlp train --config configs/demo.yaml\n  exssnet-nlp train --config configs/demo.yaml --method lora"
+              "\n  exssnet-nlp export --checkpoint runs/demo/checkpoint --task bbc_news --output exported/")
         return 0 if (not argv or argv[0] in ("-h", "--help")) else 2
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
         if argv[0] == "train":
             return _train(argv[1:])
-        return _checkpoint_command(argv[0], argv[1:])
+        return _command(argv[0], argv[1:])
     except ValueError as err:
         # Bad input: one clear line, no traceback.
         print(f"exssnet-nlp {argv[0]}: error: {err}", file=sys.stderr)

@@ -7,10 +7,10 @@ import sys
 
 from accelerate import PartialState
 
-from exssnet_nlp.trainer import ContinualTrainer, TrainerCallback, build_model, load_training_config
+from exssnet_nlp.training import ContinualCallback, ContinualTrainer, build_model, load_training_config
 
 
-class Fingerprint(TrainerCallback):
+class Fingerprint(ContinualCallback):
     def on_train_end(self, trainer, results):
         state = PartialState()
         model = trainer.model

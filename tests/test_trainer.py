@@ -15,7 +15,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 
 from exssnet_nlp import ExSSNetModel
 from exssnet_nlp.cli import main
-from exssnet_nlp.trainer import ContinualTrainer, ContinualTrainingArguments, TrainerCallback, build_model, load_training_config
+from exssnet_nlp.training import ContinualCallback, ContinualTrainer, ContinualTrainingArguments, build_model, load_training_config
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = {
@@ -73,10 +73,10 @@ def make_args(model_dir: str, out: Path, method: str, **kw) -> ContinualTraining
                     head_learning_rate=1e-2, max_length=16, validation_samples_per_class=4, logging_steps=2,
                     evaluations_per_phase=2, disable_tqdm=True, seed=0, pooling="mean")
     defaults.update(kw)
-    return ContinualTrainingArguments(**defaults)
+    return ContinualTrainingArguments.from_dict(defaults)
 
 
-class Recorder(TrainerCallback):
+class Recorder(ContinualCallback):
     def __init__(self) -> None:
         self.events: list[tuple] = []
 
@@ -106,12 +106,12 @@ def test_trainer_end_to_end(method, tiny_model_dir, tasks, tmp_path):
     matrix = results["accuracy_matrix"]
     assert matrix[0][0] is not None and matrix[0][1] is not None and matrix[1][0] is not None
     assert (tmp_path / method / "accuracy_matrix.png").stat().st_size > 0
-    if method in ("exssnet", "supsup"):
+    if method in ("exssnet", "supsup", "independent"):
         assert results["bwt"] == 0.0 and results["forgetting"] == 0.0
         assert matrix[1][0] == matrix[0][0]
     if method in ("exssnet", "ssnet", "supsup"):
         assert results["capacity"] is not None
-    phases = {"exssnet": ["mask", "weight"], "ssnet": ["mask", "weight"], "supsup": ["mask"]}.get(method, ["dense"])
+    phases = {"exssnet": ["mask", "weight"], "ssnet": ["mask", "weight"], "supsup": ["mask"]}.get(method, ["train"])
     assert [e[2] for e in recorder.events if e[0] == "phase_end" and e[1] == "topic"] == phases
     assert recorder.events[0] == ("task_begin", "topic") and recorder.events[-1] == ("task_end", "sentiment")
     curve = results["curves"]["topic"][phases[0]]
@@ -164,11 +164,14 @@ def test_bad_input_fails_before_training(tiny_model_dir, tasks, tmp_path):
         make_args(tiny_model_dir, tmp_path, "exssnet", mask_learning_rate=0)
 
 
-def test_dense_baselines_have_their_own_learning_rate(tiny_model_dir, tmp_path):
-    args = make_args(tiny_model_dir, tmp_path, "independent", weight_learning_rate=1e-3)
-    assert args.learning_rate_for("dense") == 1e-3  # default: the weight phase's
-    args = make_args(tiny_model_dir, tmp_path, "independent", weight_learning_rate=1e-3, dense_learning_rate=2e-5)
-    assert (args.learning_rate_for("dense"), args.learning_rate_for("weight"), args.learning_rate_for("mask")) == (2e-5, 1e-3, 0.05)
+def test_dense_baselines_have_their_own_learning_rate(tiny_model_dir, tasks, tmp_path):
+    args = make_args(tiny_model_dir, tmp_path / "a", "independent", weight_learning_rate=1e-3)
+    trainer = ContinualTrainer(build_model(args), args, tasks[:1])
+    (phase,) = trainer.model.phases()
+    assert trainer._learning_rate(phase.learning_rate, phase.name) == 1e-3  # default: the weight phase's
+    args = make_args(tiny_model_dir, tmp_path / "b", "independent", weight_learning_rate=1e-3, dense_learning_rate=2e-5)
+    trainer = ContinualTrainer(build_model(args), args, tasks[:1])
+    assert trainer._learning_rate(phase.learning_rate, phase.name) == 2e-5
 
 
 def test_yaml_config_and_cli_overrides(tiny_model_dir, tasks, tmp_path):
@@ -178,13 +181,14 @@ def test_yaml_config_and_cli_overrides(tiny_model_dir, tasks, tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config))
     args, task_list = load_training_config(str(path), ["--density", "0.3", "--seed", "7"])
-    assert args.density == 0.3 and args.seed == 7 and args.mask_epochs == 1 and len(task_list) == 2
+    assert args.method_config.density == 0.3 and args.seed == 7 and args.method_config.seed == 7
+    assert args.mask_epochs == 1 and len(task_list) == 2
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**config, "learning_rat": 1}))
-    with pytest.raises(ValueError, match="unknown config key"):
+    with pytest.raises(ValueError, match="unknown setting"):
         load_training_config(str(tmp_path / "bad.yaml"), [])
     assert main(["train", "--config", str(path), "--density", "0.3"]) == 0
     results = json.loads((tmp_path / "yaml" / "results.json").read_text())
-    assert results["config"]["density"] == 0.3 and results["bwt"] == 0.0
+    assert results["config"]["method_config"]["density"] == 0.3 and results["bwt"] == 0.0
     # The same command again refuses to overwrite the finished run, with a one-line error.
     assert main(["train", "--config", str(path)]) == 2
 
@@ -239,7 +243,7 @@ def test_two_process_run(tiny_model_dir, tasks, tmp_path):
     assert len(list((tmp_path / "ddp").glob("results*.json"))) == 1
 
 
-class CrashAfterFirstTask(TrainerCallback):
+class CrashAfterFirstTask(ContinualCallback):
     def on_task_end(self, trainer, task):
         if task == trainer.task_names[0]:
             raise RuntimeError("simulated crash")
@@ -251,7 +255,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tiny_model_dir, tasks, tmp_
     args = make_args(tiny_model_dir, tmp_path / "crash", "exssnet", mask_epochs=1, weight_epochs=1)
     with pytest.raises(RuntimeError, match="simulated crash"):
         ContinualTrainer(build_model(args), args, tasks, callbacks=[CrashAfterFirstTask()]).train()
-    assert (tmp_path / "crash" / "trainer_state.json").exists() and not (tmp_path / "crash" / "results.json").exists()
+    assert (tmp_path / "crash" / "checkpoint").is_dir() and not (tmp_path / "crash" / "results.json").exists()
     # Re-running the same command on the same output_dir continues at the next task.
     resumed = ContinualTrainer(build_model(args), args, tasks).train()
     assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
@@ -302,11 +306,11 @@ def test_task_norms_and_reuse_score_scale_from_the_command_line(tiny_model_dir, 
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config))
     args, _ = load_training_config(str(path), ["--task_norms", "true", "--reuse_score_scale", "0.5"])
-    assert args.model_config().task_norms and args.model_config().reuse_score_scale == 0.5
+    assert args.method_config.task_norms and args.method_config.reuse_score_scale == 0.5
     assert main(["train", "--config", str(path), "--task_norms", "true", "--reuse_score_scale", "0.5"]) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["bwt"] == 0.0 and results["forgetting"] == 0.0
-    assert all(s["norms"] > 0 for s in results["storage"]["per_task"].values())
+    assert all(s["norm"] > 0 for s in results["storage"]["per_task"].values())
     loaded = ExSSNetModel.from_pretrained(str(tmp_path / "run" / "checkpoint"))
     assert loaded.config.task_norms and loaded.config.reuse_score_scale == 0.5 and len(loaded.task_norm_layers()) > 0
     with pytest.raises(ValueError, match="reuse_score_scale"):
@@ -319,4 +323,5 @@ def test_shipped_configs_load(config, tiny_model_dir):
     names = [t if isinstance(t, str) else t["name"] for t in task_list]
     assert names and len(set(names)) == len(names) and args.tasks == names
     # the config's mask settings resolve against a BERT-family encoder (the configs' encoders are all BERTs)
-    assert ExSSNetModel.from_encoder(tiny_model_dir, args.model_config()).supermask_layers()
+    model = build_model(args, encoder=tiny_model_dir)
+    assert model.method == args.method and model.config == args.method_config

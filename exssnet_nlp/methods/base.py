@@ -30,7 +30,8 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from ..checkpoint import fingerprint_tensors
+from ..checkpoint import fingerprint_tensors, save_model
+from ..hub import push_to_hub
 from ..tasks import (
     CREATED,
     DEFAULT_HEAD_ACTIVATION,
@@ -42,6 +43,7 @@ from ..tasks import (
     seeded,
     tensor_bytes,
 )
+from .loading import load_pretrained
 
 POOLINGS = ("cls", "mean")
 HEAD_ACTIVATIONS = ("tanh", "gelu", "relu")
@@ -336,15 +338,11 @@ class ContinualModel(TaskRegistry, nn.Module):
 
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> Path:
         """Write a checkpoint: JSON config + one safetensors file per finished task (see `exssnet_nlp.checkpoint`)."""
-        from ..checkpoint import save_model
-
         return save_model(self, save_directory, **kwargs)
 
     @classmethod
     def from_pretrained(cls, checkpoint: str, revision: str | None = None, **kwargs: Any) -> ContinualModel:
         """Rebuild a model from `save_pretrained`'s directory or a Hub repo id."""
-        from .loading import load_pretrained
-
         model = load_pretrained(checkpoint, revision=revision, **kwargs)
         if not isinstance(model, cls):
             raise ValueError(f"{checkpoint} holds a {type(model).__name__} (method {model.method!r}), not a {cls.__name__}; "
@@ -353,8 +351,6 @@ class ContinualModel(TaskRegistry, nn.Module):
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         """Upload the checkpoint and a model card to the Hugging Face Hub."""
-        from ..hub import push_to_hub
-
         return push_to_hub(self, repo_id, **kwargs)
 
     # --- forward -----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -20,6 +21,7 @@ from ..kkt import KKTConfig
 from ..methods.base import MethodConfig
 from ..methods.registry import MethodSpec, get_method, method_names
 
+logger = logging.getLogger(__name__)
 PACKAGE_PREFIX = "pkg:"
 # Set from the run's own field of the same name, never per method: one seed per run.
 _SHARED_FIELDS = ("seed",)
@@ -128,7 +130,8 @@ class ContinualTrainingArguments:
         kkt = dict(data.pop("kkt", None) or {})
         if not isinstance(kkt, dict):
             raise ValueError("`kkt` must be a mapping, e.g. kkt: {mode: best, k: 5}.")
-        unknown = []
+        other_methods = {f.name for name in method_names() for f in get_method(name).config_fields()}
+        unknown, ignored = [], []
         for key in list(data):
             if key in own:
                 continue
@@ -137,8 +140,12 @@ class ContinualTrainingArguments:
                 method_config[key] = value
             elif key.startswith("kkt_") and key[4:] in kkt_fields:
                 kkt[key[4:]] = value
+            elif key in other_methods:
+                ignored.append(key)  # one YAML serves several methods (e.g. a grid): another method's setting
             else:
                 unknown.append(key)
+        if ignored:
+            logger.info("settings %s belong to other methods and are ignored by method %r", sorted(ignored), method)
         if unknown:
             known = sorted(own - {"method_config", "kkt"}) + sorted(method_fields) + ["kkt"] + sorted(f"kkt_{k}" for k in kkt_fields)
             raise ValueError(f"unknown setting(s) {sorted(unknown)} for method {method!r}; known: {known}. "

@@ -13,6 +13,7 @@ from transformers import DataCollatorWithPadding
 
 from ..checkpoint import read_config, resolve_checkpoint
 from ..data import load_task, resolve_task_spec, tokenize_dataset
+from ..export import find_tokenizer
 from ..methods import load_pretrained
 from .arguments import load_training_config
 
@@ -56,8 +57,6 @@ def load_for_inference(checkpoint: str | os.PathLike, revision: str | None = Non
                        device: str | torch.device | None = None) -> tuple[Any, Any]:
     """(model in eval mode, tokenizer or None): the tokenizer from the checkpoint directory if it holds
     one, else from the encoder's stored name or path."""
-    from ..export import find_tokenizer
-
     directory = resolve_checkpoint(checkpoint, revision)
     model = load_pretrained(directory, device=device)
     stored = read_config(directory)["encoder"].get("name_or_path")
