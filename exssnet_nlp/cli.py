@@ -18,7 +18,7 @@ COMMANDS = {
 
 
 def _train(rest: list[str]) -> int:
-    from .training.arguments import argument_parser, load_training_config
+    from .training.arguments import DEFAULT_METHOD, argument_parser, load_training_config
 
     probe = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     probe.add_argument("--config", default=None)
@@ -32,7 +32,7 @@ def _train(rest: list[str]) -> int:
 
             with open(known.config) as handle:
                 method = (yaml.safe_load(handle) or {}).get("method")
-        argument_parser(method or "exssnet").print_help()
+        argument_parser(method or DEFAULT_METHOD).print_help()
         return 0
     args, tasks = load_training_config(known.config, rest)
     from .metrics import format_accuracy_matrix

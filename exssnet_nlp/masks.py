@@ -61,7 +61,9 @@ def choose_topk_method(rows: torch.Tensor, k: int) -> str:
     key = (rows.shape[0], rows.shape[1], k, rows.device.type, rows.dtype)
     if key not in _AUTO_CHOICE:
         with torch.no_grad():
-            probe = torch.rand_like(rows)
+            # Its own generator: drawing from the global RNG here would shift dropout and data order after a
+            # resume (the first timing of a shape happens at another point of the run), breaking resume equality.
+            probe = torch.rand(rows.shape, generator=torch.Generator().manual_seed(0), dtype=rows.dtype).to(rows.device)
             timings = {name: _time_candidate(name, probe, k) for name in TOPK_CANDIDATES}
         _AUTO_CHOICE[key] = min(timings, key=timings.get)
     return _AUTO_CHOICE[key]

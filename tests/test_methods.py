@@ -1,0 +1,143 @@
+"""One table of checks run over every registered method: the contract, zero forgetting, save/load, resume, CLI.
+
+A method added to the registry is tested here without editing this file.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from conftest import WORDS, make_args, random_batch, tiny_encoder, train_steps, write_task
+
+from exssnet_nlp import load_pretrained, method_names
+from exssnet_nlp.cli import main
+from exssnet_nlp.methods import get_method
+from exssnet_nlp.training import ContinualCallback, ContinualTrainer, build_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+METHODS = method_names()
+# What each method promises; a new method must say where it stands by joining one of these lists.
+ISOLATING = {"exssnet", "supsup", "wsn", "lora", "independent"}
+FORGETTING = {"ssnet", "finetune", "osf"}
+
+
+def small_config(name: str) -> dict:
+    """Settings that make every method learn something on a tiny encoder."""
+    fields = {f.name for f in get_method(name).config_fields()}
+    return {"density": 0.3} if "density" in fields else {}
+
+
+def learn(model, name: str, batch, steps: int = 2) -> None:
+    model.add_task(name, 3)
+    for phase in model.phases():
+        model.begin_phase(phase.name)
+        train_steps(model, batch, steps, lr=1e-2, weight_decay=0.1)
+    model.finish_task()
+
+
+def logits(model, batch, task: str) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(batch[0], batch[1], task=task).logits
+
+
+def test_every_method_is_classified():
+    assert set(METHODS) == ISOLATING | FORGETTING, "add the new method to ISOLATING or FORGETTING"
+    for name in METHODS:
+        model_class = get_method(name).model_class
+        assert get_method(name).description, name
+        assert callable(model_class.phases) and callable(model_class.task_state), name
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_contract_isolation_and_round_trip(name, tmp_path):
+    spec = get_method(name)
+    model = spec.build(tiny_encoder("bert"), small_config(name))
+    assert model.method == name and model.isolates_tasks == (name in ISOLATING)
+    batch = random_batch()
+    learn(model, "A", batch)
+    before = logits(model, batch, "A")
+    learn(model, "B", random_batch(seed=1))
+    after = logits(model, batch, "A")
+    if name in ISOLATING:
+        assert torch.equal(before, after), f"{name} changed a finished task"
+    # A learned task leaves nothing trainable behind.
+    assert not model.trainable_parameters()
+    storage = model.task_storage_bytes("B")
+    assert storage["total"] == sum(v for k, v in storage.items() if k != "total") > 0 and storage["head"] > 0
+    # discard_task leaves finished tasks as they were.
+    model.add_task("C", 2)
+    model.discard_task()
+    assert model.tasks == ["A", "B"] and torch.equal(logits(model, batch, "A"), after)
+    # save -> load installs every task and reproduces its logits exactly.
+    model.save_pretrained(str(tmp_path / "ckpt"))
+    loaded = load_pretrained(str(tmp_path / "ckpt"), encoder=tiny_encoder("bert"))
+    assert loaded.method == name and loaded.tasks == ["A", "B"] and type(loaded) is type(model)
+    for task in ("A", "B"):
+        assert torch.equal(logits(loaded, batch, task), logits(model, batch, task)), (name, task)
+    # A loaded model keeps learning: its old tasks stay put (isolating methods).
+    learn(loaded, "C", random_batch(seed=2))
+    if name in ISOLATING:
+        assert torch.equal(logits(loaded, batch, "A"), after)
+
+
+@pytest.fixture(scope="module")
+def small_tasks(tmp_path_factory) -> list[dict]:
+    root = tmp_path_factory.mktemp("methods_data")
+    return [write_task(root, "topic", WORDS["topic"], n_train=10, n_test=6),
+            write_task(root, "sentiment", WORDS["sentiment"], n_train=10, n_test=6, seed=1)]
+
+
+class CrashAfterFirstTask(ContinualCallback):
+    def on_task_end(self, trainer, task):
+        if task == trainer.task_names[0]:
+            raise RuntimeError("simulated crash")
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_trainer_resume_and_cli(name, tiny_model_dir, small_tasks, tmp_path, capsys):
+    """Through the trainer: a run killed after its first task resumes and ends equal to an uninterrupted one;
+    then the CLI evaluates, predicts with and exports its checkpoint."""
+    settings = dict(mask_epochs=1, weight_epochs=1, pooling="cls", **small_config(name))
+    args = make_args(tiny_model_dir, tmp_path / "full", name, **settings)
+    full = ContinualTrainer(build_model(args), args, small_tasks).train()
+    args = make_args(tiny_model_dir, tmp_path / "crash", name, **settings)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        ContinualTrainer(build_model(args), args, small_tasks, callbacks=[CrashAfterFirstTask()]).train()
+    resumed = ContinualTrainer(build_model(args), args, small_tasks).train()
+    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
+    if name in ISOLATING:
+        assert resumed["bwt"] == 0.0 and resumed["forgetting"] == 0.0
+    batch = random_batch(length=8)
+    a = load_pretrained(str(tmp_path / "full" / "checkpoint"))
+    b = load_pretrained(str(tmp_path / "crash" / "checkpoint"))
+    for task in a.tasks:
+        assert torch.equal(logits(a, batch, task), logits(b, batch, task)), task
+
+    config = {**{k: v for k, v in args.to_dict().items() if k not in ("method_config", "kkt")}, "tasks": small_tasks}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    ckpt = str(tmp_path / "full" / "checkpoint")
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", ckpt, "--config", str(path)]) == 0
+    accuracies = json.loads(capsys.readouterr().out)
+    assert accuracies == {"topic": full["accuracy_matrix"][-1][0], "sentiment": full["accuracy_matrix"][-1][1]}
+    assert main(["predict", "--checkpoint", ckpt, "--task", "sentiment", "great love best", "awful hate"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 2 and lines[0]["label"] in ("0", "1")
+    model = get_method(name).model_class
+    if model.supports_export:
+        assert main(["export", "--checkpoint", ckpt, "--task", "topic", "--output", str(tmp_path / "exported")]) == 0
+        from transformers import AutoModelForSequenceClassification
+
+        exported = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "exported")).eval()
+        ids = batch[0][:, :8].clamp(max=exported.config.vocab_size - 1)
+        with torch.no_grad():
+            expected = a(ids, torch.ones_like(ids), task="topic").logits
+            assert torch.allclose(exported(input_ids=ids, attention_mask=torch.ones_like(ids)).logits, expected, atol=1e-5)
+    else:
+        assert main(["export", "--checkpoint", ckpt, "--task", "topic", "--output", str(tmp_path / "exported")]) == 2
