@@ -141,3 +141,41 @@ def test_trainer_resume_and_cli(name, tiny_model_dir, small_tasks, tmp_path, cap
             assert torch.allclose(exported(input_ids=ids, attention_mask=torch.ones_like(ids)).logits, expected, atol=1e-5)
     else:
         assert main(["export", "--checkpoint", ckpt, "--task", "topic", "--output", str(tmp_path / "exported")]) == 2
+
+
+def test_readme_add_a_method_example_runs_as_written(tmp_path):
+    """The README's "Add a method" block, run as written in a fresh process, then trained, saved and loaded."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Add a method", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len(code.splitlines()) < 60
+    (tmp_path / "probe_method.py").write_text(code)
+    check = f"""
+import sys, torch
+sys.path.insert(0, {str(tmp_path)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
+import probe_method
+from conftest import random_batch, tiny_encoder, train_steps
+from exssnet_nlp import get_method, load_pretrained
+model = get_method("probe").build(tiny_encoder("bert"))
+batch = random_batch()
+for task in ("A", "B"):
+    model.add_task(task, 3)
+    for phase in model.phases():
+        model.begin_phase(phase.name)
+        train_steps(model, batch, 2)
+    model.finish_task()
+model.save_pretrained({str(tmp_path / "ckpt")!r})
+loaded = load_pretrained({str(tmp_path / "ckpt")!r}, encoder=tiny_encoder("bert")).eval()
+model.eval()
+with torch.no_grad():
+    assert all(torch.equal(model(batch[0], batch[1], task=t).logits, loaded(batch[0], batch[1], task=t).logits) for t in "AB")
+print("ok", loaded.method, loaded.tasks)
+"""
+    proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ok probe ['A', 'B']" in proc.stdout
