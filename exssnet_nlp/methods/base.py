@@ -13,14 +13,13 @@ the checkpoint code and the CLI only talk to this interface:
 - `task_storage_bytes(task)`, and the capabilities `isolates_tasks`, `supports_kkt`, `supports_export`,
   `supports_task_inference`.
 
-Subclasses implement the hooks `_start_task`, `_enter_phase`, `_finish_task`, `_discard_task`, `encode`,
-`_task_tensors`, `_install_task_tensors`; the task bookkeeping (heads, states, seeds) is done here.
+Subclasses implement hooks (`_start_task`, `_enter_phase`, `_phase_parameters`, `_finish_task`, `_discard_task`,
+`encode`, `_task_tensors`, `_install_task_tensors`); the task bookkeeping (heads, states, seeds) is done here.
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,7 +33,6 @@ from ..checkpoint import fingerprint_tensors, save_model
 from ..hub import push_to_hub
 from ..tasks import (
     CREATED,
-    DEFAULT_HEAD_ACTIVATION,
     FINISHED,
     TaskHead,
     TaskRegistry,
@@ -43,70 +41,11 @@ from ..tasks import (
     seeded,
     tensor_bytes,
 )
+from .config import MethodConfig, Phase, check_choice
 from .loading import load_pretrained
 
-POOLINGS = ("cls", "mean")
-HEAD_ACTIVATIONS = ("tanh", "gelu", "relu")
+__all__ = ["ContinualModel", "MethodConfig", "Phase", "check_choice"]
 HEAD_PREFIX = "head."
-
-
-def check_choice(owner: str, name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{owner}.{name}={value!r} is not valid; allowed values: {', '.join(allowed)}.")
-
-
-@dataclass
-class MethodConfig:
-    """Settings every method has: how its per-task heads read the encoder."""
-
-    pooling: str = field(default="cls", metadata={"help": "How heads pool the last hidden state: cls (first token) | mean."})
-    head_activation: str | None = field(default=None, metadata={
-        "help": "Activation inside each task head: tanh | gelu | relu; default: that of the encoder's own classification head."})
-    head_dropout: float = field(default=0.1, metadata={"help": "Dropout before each dense layer of a task head, in [0, 1)."})
-    seed: int = field(default=0, metadata={"help": "Seeds heads and per-task initialisation (a task draws from seed and its name)."})
-
-    def __post_init__(self) -> None:
-        owner = type(self).__name__
-        check_choice(owner, "pooling", self.pooling, POOLINGS)
-        if self.head_activation is not None:
-            check_choice(owner, "head_activation", self.head_activation, HEAD_ACTIVATIONS)
-        try:
-            dropout = float(self.head_dropout)
-        except (TypeError, ValueError):
-            dropout = float("nan")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"{owner}.head_dropout={self.head_dropout!r} must be a number in [0, 1).")
-        self.head_dropout = dropout
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"{owner}.seed={self.seed!r} must be an int.")
-
-    def resolved_head_activation(self, model_type: str) -> str:
-        return self.head_activation or DEFAULT_HEAD_ACTIVATION.get(model_type, "tanh")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MethodConfig:
-        known = {f.name for f in fields(cls) if f.init}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}.")
-        return cls(**data)
-
-
-@dataclass(frozen=True)
-class Phase:
-    """One training phase of a task.
-
-    `learning_rate` and `epochs` name argument fields (of the method's config first, then of
-    `ContinualTrainingArguments`); for `learning_rate` the first one that is set wins.
-    """
-
-    name: str
-    learning_rate: tuple[str, ...]
-    epochs: str
-    trains: str
 
 
 class ContinualModel(TaskRegistry, nn.Module):

@@ -1,0 +1,71 @@
+"""What every method's settings share (`MethodConfig`), and how a method names its training phases (`Phase`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ..tasks import DEFAULT_HEAD_ACTIVATION
+
+POOLINGS = ("cls", "mean")
+HEAD_ACTIVATIONS = ("tanh", "gelu", "relu")
+
+
+def check_choice(owner: str, name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """Refuse a setting outside its choices, naming them."""
+    if value not in allowed:
+        raise ValueError(f"{owner}.{name}={value!r} is not valid; allowed values: {', '.join(allowed)}.")
+
+
+@dataclass
+class MethodConfig:
+    """Settings every method has: how its per-task heads read the encoder."""
+
+    pooling: str = field(default="cls", metadata={"help": "How heads pool the last hidden state: cls (first token) | mean."})
+    head_activation: str | None = field(default=None, metadata={
+        "help": "Activation inside each task head: tanh | gelu | relu; default: that of the encoder's own classification head."})
+    head_dropout: float = field(default=0.1, metadata={"help": "Dropout before each dense layer of a task head, in [0, 1)."})
+    seed: int = field(default=0, metadata={"help": "Seeds heads and per-task initialisation (a task draws from seed and its name)."})
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        check_choice(owner, "pooling", self.pooling, POOLINGS)
+        if self.head_activation is not None:
+            check_choice(owner, "head_activation", self.head_activation, HEAD_ACTIVATIONS)
+        try:
+            dropout = float(self.head_dropout)
+        except (TypeError, ValueError):
+            dropout = float("nan")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"{owner}.head_dropout={self.head_dropout!r} must be a number in [0, 1).")
+        self.head_dropout = dropout
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"{owner}.seed={self.seed!r} must be an int.")
+
+    def resolved_head_activation(self, model_type: str) -> str:
+        return self.head_activation or DEFAULT_HEAD_ACTIVATION.get(model_type, "tanh")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MethodConfig:
+        known = {f.name for f in fields(cls) if f.init}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}.")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training phase of a task.
+
+    `learning_rate` and `epochs` name argument fields (of the method's config first, then of
+    `ContinualTrainingArguments`); for `learning_rate` the first one that is set wins.
+    """
+
+    name: str
+    learning_rate: tuple[str, ...]
+    epochs: str
+    trains: str
