@@ -4,7 +4,7 @@ Each built-in method is a sub-package that registers itself on import; adding on
 plus its import line below (or a `register_method` call in your own code).
 """
 
-from . import dense, lora, osf, supermask  # noqa: F401  (registers the built-in methods)
+from . import dense, lora, osf, supermask, wsn  # noqa: F401  (registers the built-in methods)
 from .base import ContinualModel, MethodConfig, Phase
 from .loading import load_pretrained
 from .registry import MethodSpec, get_method, method_names, register_method

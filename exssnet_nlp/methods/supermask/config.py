@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ...targets import TARGET_MODULES_HELP, normalise_target_modules, resolve_target_modules
 from ..base import MethodConfig
@@ -25,6 +25,8 @@ class ExSSNetConfig(MethodConfig):
 
     Every field's help text is its documentation; `exssnet-nlp train --method exssnet --help` prints them.
     """
+
+    allowed_methods: ClassVar[tuple[str, ...]] = METHODS  # the `method` values this config accepts; a subclass sets its own
 
     density: float = field(default=0.1, metadata={
         "help": "Fraction of each targeted layer's weights that a task's mask keeps (0 < density <= 1); a mask holds "
@@ -57,7 +59,7 @@ class ExSSNetConfig(MethodConfig):
         if not 0.0 < density <= 1.0:
             raise ValueError(f"ExSSNetConfig.density={self.density!r} is out of range; use a value with 0 < density <= 1 (e.g. 0.1).")
         self.density = density
-        _check_choice("method", self.method, METHODS)
+        _check_choice("method", self.method, self.allowed_methods)
         _check_choice("score_init", self.score_init, SCORE_INITS)
         _check_choice("weight_init", self.weight_init, WEIGHT_INITS)
         _check_choice("topk_method", self.topk_method, TOPK_METHODS)

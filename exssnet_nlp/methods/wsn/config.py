@@ -1,0 +1,23 @@
+"""`WSNConfig`: the supermask settings (`ExSSNetConfig`) for `wsn`; only the method name differs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ..supermask.config import ExSSNetConfig
+
+
+@dataclass
+class WSNConfig(ExSSNetConfig):
+    """Configuration of `wsn` (Winning SubNetworks): every `ExSSNetConfig` field means the same here.
+
+    `density` is the size of each task's mask; `score_init`, `reuse_score_scale`, `task_norms`, `weight_init`,
+    `target_modules` and `topk_method` act as for `exssnet`. The phase's learning rates are the trainer's
+    `mask_learning_rate` (scores, head) and `weight_learning_rate` (the free weight values, the task's norms).
+    """
+
+    allowed_methods: ClassVar[tuple[str, ...]] = ("wsn",)
+
+    method: str = field(default="wsn", metadata={
+        "help": "wsn (one phase: the mask and the weights no earlier task uses are learned together; zero forgetting)."})
