@@ -219,9 +219,9 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, title: str, prefix: 
         if kwargs is None:
             continue
         default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else None)
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         group.add_argument(f"--{prefix}{f.name}", dest=f"{prefix}{f.name}", default=argparse.SUPPRESS,
-                           help=f"{help_text} (default: {default})", **kwargs)
+                           help=f"{help_text} (default: {str(default).replace('%', '%%')})", **kwargs)
 
 
 def argument_parser(method: str, prog: str = "exssnet-nlp train") -> argparse.ArgumentParser:
