@@ -96,7 +96,10 @@ class ContinualModel(TaskRegistry, nn.Module):
     def base_state(self) -> dict[str, torch.Tensor]:
         """The encoder's tensors under their plain names, for `base_model.safetensors`."""
         state = self.encoder.state_dict()
-        return {k: state[k] for k in self._base_keys if k in state}
+        missing = [k for k in self._base_keys if k not in state]
+        if missing:  # a wrapper renamed the encoder's tensors: the method must map them back itself
+            raise ValueError(f"{type(self).__name__}.base_state: the encoder no longer holds {missing[:4]}; override base_state().")
+        return {k: state[k] for k in self._base_keys}
 
     @classmethod
     def config_for_saved_base(cls, config: MethodConfig) -> MethodConfig:
@@ -118,7 +121,8 @@ class ContinualModel(TaskRegistry, nn.Module):
             self.heads[str(index)] = self._new_head(name, num_labels)
             self._start_task(index)
         except BaseException:
-            self.heads.pop(str(index), None)
+            if str(index) in self.heads:
+                del self.heads[str(index)]
             self._unregister_learning_task()
             raise
         self._set_trainable(index, None)
@@ -241,7 +245,8 @@ class ContinualModel(TaskRegistry, nn.Module):
             self.heads[str(index)] = head
             self._install_task_tensors(index, {k: v for k, v in tensors.items() if not k.startswith(HEAD_PREFIX)}, file_name)
         except BaseException:
-            self.heads.pop(str(index), None)
+            if str(index) in self.heads:
+                del self.heads[str(index)]
             self._unregister_learning_task()
             raise
         self.task_infos[index].state = FINISHED
