@@ -67,8 +67,14 @@ def fingerprint_tensors(tensors: dict[str, torch.Tensor]) -> str:
     return hasher.hexdigest()
 
 
-def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
-    return safetensors_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+# One metadata entry only: safetensors writes its metadata map in hash order, so with two entries the same
+# tensors could give other bytes (and another sha256) on every save. The config JSON names each file's task.
+SAFETENSORS_METADATA = {"format": "pt"}
+
+
+def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    """The safetensors file of `tensors`: the same tensors always give the same bytes."""
+    return safetensors_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=SAFETENSORS_METADATA)
 
 
 def _write_file(directory: Path, name: str, data: bytes, files: dict[str, Any]) -> None:
@@ -134,13 +140,12 @@ def save_model(model: Any, save_directory: str | os.PathLike, include_base: bool
     include_base = bool(include_base) or not model.base_model_name_or_path
     record = _encoder_record(model, include_base)
     # Tensors are gathered (and serialised) before anything is written: a failing method leaves nothing behind.
-    blobs = {task_file_name(i): _safetensors_bytes(model.task_state(info.name), {"format": "pt", "task": info.name})
-             for i, info in enumerate(finished)}
+    blobs = {task_file_name(i): _safetensors_bytes(model.task_state(info.name)) for i, info in enumerate(finished)}
     shared = model.shared_state()
     if shared:
-        blobs[SHARED_WEIGHTS_NAME] = _safetensors_bytes(shared, {"format": "pt"})
+        blobs[SHARED_WEIGHTS_NAME] = _safetensors_bytes(shared)
     if include_base:
-        blobs[BASE_WEIGHTS_NAME] = _safetensors_bytes(model.base_state(), {"format": "pt"})
+        blobs[BASE_WEIGHTS_NAME] = _safetensors_bytes(model.base_state())
     tasks = [{"name": info.name, "num_labels": info.num_labels, "label_names": list(info.label_names),
               "file": task_file_name(i), "metadata": _json_safe(model.task_metadata(info.name), "task_metadata")}
              for i, info in enumerate(finished)]

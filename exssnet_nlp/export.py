@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,18 @@ EXPORT_HEADS: dict[str, tuple[str, str, str]] = {
 }
 
 
+# What `save_pretrained` of a model and its tokenizer writes: a directory holding only these may be replaced.
+EXPORT_FILE_RE = re.compile(
+    r"config\.json|generation_config\.json|model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json"
+    r"|pytorch_model(-\d+-of-\d+)?\.bin|pytorch_model\.bin\.index\.json|tokenizer\.json|tokenizer_config\.json"
+    r"|special_tokens_map\.json|added_tokens\.json|chat_template\.(jinja|json)|vocab\.(txt|json)|merges\.txt"
+    r"|spiece\.model|sentencepiece\.bpe\.model|tokenizer\.model")
+
+
 def _is_model_dir(path: Path) -> bool:
-    return (path / "config.json").is_file()
+    """Only an earlier export (a model and its tokenizer): never replace a directory that merely has a config.json."""
+    entries = list(path.iterdir())
+    return (path / "config.json").is_file() and all(p.is_file() and EXPORT_FILE_RE.fullmatch(p.name) for p in entries)
 
 
 def export_sequence_classifier(model: Any, task: str, encoder_state: dict[str, torch.Tensor],

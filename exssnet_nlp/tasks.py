@@ -115,10 +115,12 @@ class TaskRegistry:
 
     task_infos: list[TaskInfo]
     _current: int | None
+    _current_before_learning: int | None  # the current task when the learning one was added, restored if it goes
 
     def _init_tasks(self) -> None:
         self.task_infos = []
         self._current = None
+        self._current_before_learning = None
 
     @property
     def tasks(self) -> list[str]:
@@ -172,6 +174,7 @@ class TaskRegistry:
         label_names = [str(n) for n in label_names] if label_names else [str(i) for i in range(num_labels)]
         if len(label_names) != num_labels:
             raise ValueError(f"label_names has {len(label_names)} names but num_labels={num_labels}.")
+        self._current_before_learning = self._current
         self.task_infos.append(TaskInfo(name, num_labels, label_names))
         self._current = len(self.task_infos) - 1
         return self._current
@@ -188,7 +191,14 @@ class TaskRegistry:
         return index
 
     def _unregister_learning_task(self) -> int:
+        """Remove the task being learned (discarded, or a failed add/install); the current task goes back to the
+        one that was current before it was added, unless another finished task was made current since."""
         index = self._learning_index("discard_task")
         self.task_infos.pop(index)
-        self._current = None if not self.task_infos else len(self.task_infos) - 1
+        if self._current is None or self._current >= index:  # the learning task is always the last one
+            previous = getattr(self, "_current_before_learning", None)
+            if previous is None or previous >= len(self.task_infos):
+                previous = len(self.task_infos) - 1 if self.task_infos else None
+            self._current = previous
+        self._current_before_learning = None
         return index

@@ -1,4 +1,4 @@
-"""Checkpoints: round trips, refusals, atomic saves, Hub upload/download (mocked), export to transformers."""
+"""Checkpoints (format 2): round trips, direct install, refusals, atomic saves, Hub upload/download (mocked), export."""
 
 from __future__ import annotations
 
@@ -21,13 +21,18 @@ from transformers import (
     RobertaConfig,
 )
 
-from exssnet_nlp import ExSSNetConfig, ExSSNetModel
 from exssnet_nlp import checkpoint as ckpt
+from exssnet_nlp import hub
+from exssnet_nlp.checkpoint import fingerprint_tensors
+from exssnet_nlp.methods import get_method, load_pretrained
+from exssnet_nlp.methods.supermask import ExSSNetConfig, ExSSNetModel, SupermaskLinear
+from exssnet_nlp.training.evaluation import load_for_inference, predict
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 VOCAB = 100
 SPECS = (("alpha", 2), ("beta", 3))
+TASK_FILES = ["task_000.safetensors", "task_001.safetensors"]
 
 
 def tiny_encoder(kind: str = "bert", seed: int = 0) -> torch.nn.Module:
@@ -54,7 +59,7 @@ def batch(seed: int = 0, n: int = 4, length: int = 12, vocab: int = VOCAB) -> di
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def _train_steps(model: ExSSNetModel, task: str, num_labels: int, steps: int, vocab: int, seed: int) -> None:
+def _train_steps(model, task: str, num_labels: int, steps: int, vocab: int, seed: int) -> None:
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=5e-2)
     g = torch.Generator().manual_seed(seed)
     model.train()
@@ -67,31 +72,30 @@ def _train_steps(model: ExSSNetModel, task: str, num_labels: int, steps: int, vo
         opt.step()
 
 
-def learn_tasks(model: ExSSNetModel, specs=SPECS, steps: int = 3, vocab: int = VOCAB) -> ExSSNetModel:
-    """Learn each task briefly: mask phase, (weight phase), finish."""
+def learn_tasks(model, specs=SPECS, steps: int = 3, vocab: int = VOCAB):
+    """Learn each task briefly through every phase the method has (supermask: mask, then weight), then finish it."""
     for i, (name, n) in enumerate(specs):
         model.add_task(name, n, [f"{name}_{j}" for j in range(n)])
-        model.begin_mask_phase()
-        _train_steps(model, name, n, steps, vocab, seed=10 * i)
-        if model.config.method != "supsup":
-            model.begin_weight_phase()
-            _train_steps(model, name, n, steps, vocab, seed=10 * i + 5)
+        for p, phase in enumerate(model.phases()):
+            model.begin_phase(phase.name)
+            _train_steps(model, name, n, steps, vocab, seed=10 * i + 5 * p)
         model.finish_task()
     return model.eval()
 
 
-def make_model(kind: str = "bert", method: str = "exssnet", seed: int = 0, **cfg) -> ExSSNetModel:
-    config = ExSSNetConfig(method=method, density=0.3, head_dropout=0.1, **cfg)
-    return learn_tasks(ExSSNetModel.from_encoder(tiny_encoder(kind, seed), config))
+def make_model(kind: str = "bert", method: str = "exssnet", seed: int = 0, specs=SPECS, **cfg) -> ExSSNetModel:
+    """A supermask model built through the registry (as the trainer and the loader do), with `specs` learned."""
+    model = get_method(method).build(tiny_encoder(kind, seed), {"density": 0.3, "head_dropout": 0.1, **cfg})
+    return learn_tasks(model, specs)
 
 
 @torch.no_grad()
-def all_logits(model: ExSSNetModel, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def all_logits(model, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     model.eval()
     return {task: model(**inputs, task=task).logits.clone() for task in model.finished_tasks}
 
 
-def assert_same_logits(a: ExSSNetModel, b: ExSSNetModel, inputs: dict[str, torch.Tensor]) -> None:
+def assert_same_logits(a, b, inputs: dict[str, torch.Tensor]) -> None:
     la, lb = all_logits(a, inputs), all_logits(b, inputs)
     assert list(la) == list(lb)
     for task in la:
@@ -99,12 +103,40 @@ def assert_same_logits(a: ExSSNetModel, b: ExSSNetModel, inputs: dict[str, torch
 
 
 def rewrite_tensor_file(directory: Path, name: str, tensors: dict[str, torch.Tensor]) -> None:
-    """Replace a tensor file and record its new hash, as a consistent (but wrong) checkpoint would."""
+    """Replace a tensor file and drop its recorded hash, as a consistent (but wrong) checkpoint would."""
     save_file(tensors, directory / name)
     config_path = directory / ckpt.CONFIG_NAME
     data = json.loads(config_path.read_text())
     data["files"].pop(name, None)
     config_path.write_text(json.dumps(data))
+
+
+def edit_config(directory: Path, edit) -> None:
+    path = directory / ckpt.CONFIG_NAME
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def snapshot(model) -> dict:
+    """Everything a failed install must leave as it was."""
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "tasks": [info.to_dict() for info in model.task_infos],
+        "current": model.current_task,
+        "heads": list(model.heads),
+        "finished": {n: layer.num_finished for n, layer in model.supermask_layers().items()},
+        "norms": {n: norm.num_finished for n, norm in model.task_norm_layers().items()},
+    }
+
+
+def assert_unchanged(model, before: dict) -> None:
+    after = snapshot(model)
+    assert after["tasks"] == before["tasks"] and after["current"] == before["current"]
+    assert after["heads"] == before["heads"] and after["finished"] == before["finished"] and after["norms"] == before["norms"]
+    assert after["state"].keys() == before["state"].keys()
+    for key, value in before["state"].items():
+        assert torch.equal(after["state"][key], value), key
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -124,7 +156,7 @@ def minilm_path() -> str:
 
 @pytest.fixture(scope="module")
 def minilm_model(minilm_path: str) -> ExSSNetModel:
-    model = ExSSNetModel.from_encoder(minilm_path, ExSSNetConfig(method="exssnet", density=0.1))
+    model = get_method("exssnet").build(minilm_path, {"density": 0.1})
     vocab = model.encoder.config.vocab_size
     return learn_tasks(model, steps=2, vocab=vocab)
 
@@ -134,37 +166,46 @@ def minilm_model(minilm_path: str) -> ExSSNetModel:
                                          ("electra", "exssnet"), ("distilbert", "exssnet")])
 def test_round_trip_in_memory_encoder(tmp_path: Path, kind: str, method: str) -> None:
     model = make_model(kind, method)
-    out = ckpt.save_pretrained(model, tmp_path / "ckpt")
+    out = model.save_pretrained(tmp_path / "ckpt")
     names = sorted(p.name for p in out.iterdir())
-    # Built in memory: no name or path to reload from, so the base weights are included.
-    assert names == ["base_model.safetensors", "exssnet_config.json", "task_000.safetensors", "task_001.safetensors"]
+    # Built in memory: no name or path to reload from, so the base weights are included; no shared tensors.
+    assert names == ["base_model.safetensors", "exssnet_config.json", *TASK_FILES]
     for p in out.iterdir():
         assert p.suffix in {".json", ".safetensors"}
         head = p.read_bytes()[:2]
         assert head not in (b"PK", b"\x80\x02", b"\x80\x04")  # no torch zip / pickle
-    task_file = load_file(out / "task_001.safetensors")
-    assert all(t.dtype == torch.uint8 for k, t in task_file.items() if k.startswith("mask."))
-    assert any(k.startswith("values.") for k in task_file) == (method != "supsup")
+    # Each task file is exactly what the model says the task contributes.
+    for index, task in enumerate(model.tasks):
+        task_file, state = load_file(out / ckpt.task_file_name(index)), model.task_state(task)
+        assert sorted(task_file) == sorted(state)
+        assert all(torch.equal(task_file[k], state[k].cpu()) for k in state)
+        assert {k.split(".", 1)[0] for k in task_file} == {"head", "mask"} | ({"values"} if method != "supsup" else set())
+        assert all(t.dtype == torch.uint8 for k, t in task_file.items() if k.startswith("mask."))
 
     loaded = ExSSNetModel.from_pretrained(str(out))
+    assert loaded.method == method and loaded.config == model.config
     assert loaded.tasks == ["alpha", "beta"]
     assert [t.label_names for t in loaded.task_infos] == [t.label_names for t in model.task_infos]
-    assert loaded.finished_tasks == loaded.tasks and not loaded.training
+    assert loaded.finished_tasks == loaded.tasks and not loaded.training and loaded.current_task == "beta"
+    assert loaded.trainable_parameters() == []
     assert_same_logits(model, loaded, batch(7))
-    assert ckpt.base_fingerprint(loaded) == ckpt.base_fingerprint(model)
+    assert loaded.base_fingerprint == model.base_fingerprint
 
-    # A re-loaded model saves the very same task tensors (and fingerprint).
-    again = ckpt.save_pretrained(loaded, tmp_path / "again")
-    for name in ("task_000.safetensors", "task_001.safetensors"):
+    # A re-loaded model saves the very same files (task tensors, base weights, fingerprint).
+    again = loaded.save_pretrained(tmp_path / "again")
+    for name in ["base_model.safetensors", *TASK_FILES]:
         first, second = load_file(out / name), load_file(again / name)
         assert sorted(first) == sorted(second)
-        assert all(torch.equal(first[k], second[k]) for k in first)
+        assert all(torch.equal(first[k], second[k]) for k in first), name
     a, b = (json.loads((d / ckpt.CONFIG_NAME).read_text()) for d in (out, again))
-    assert a["base_fingerprint"] == b["base_fingerprint"]
+    assert a["base_fingerprint"] == b["base_fingerprint"] and a["files"] == b["files"]
+    # Saving is deterministic: the same model gives byte-identical files (unchanged files keep their sha256).
+    twice = model.save_pretrained(tmp_path / "twice")
+    assert {p.name: p.read_bytes() for p in twice.iterdir()} == {p.name: p.read_bytes() for p in out.iterdir()}
 
 
 def test_values_only_at_owned_positions(tmp_path: Path, bert_model: ExSSNetModel) -> None:
-    out = ckpt.save_pretrained(bert_model, tmp_path / "ckpt")
+    out = bert_model.save_pretrained(tmp_path / "ckpt")
     for index, task in enumerate(bert_model.tasks):
         tensors = load_file(out / ckpt.task_file_name(index))
         owned = bert_model.exclusive_mask(task)
@@ -172,42 +213,67 @@ def test_values_only_at_owned_positions(tmp_path: Path, bert_model: ExSSNetModel
             values = tensors["values." + name]
             assert values.dtype == layer.weight.dtype
             assert torch.equal(values, layer.weight.detach().flatten()[owned[name].flatten()])
+            assert torch.equal(owned[name], layer.owned_mask(index))
 
 
 def test_config_json_contents(tmp_path: Path, bert_model: ExSSNetModel) -> None:
-    out = ckpt.save_pretrained(bert_model, tmp_path / "ckpt", extra_state={"results": {"acc": [0.5, 0.75]}})
+    trainer_state = {"next_task": 2, "accuracy_matrix": [[0.5, None], [0.4, 0.75]]}
+    out = ckpt.save_model(bert_model, tmp_path / "ckpt", extra_state={"results": {"acc": [0.5, 0.75]}},
+                          trainer_state=trainer_state)
     data = json.loads((out / ckpt.CONFIG_NAME).read_text())
-    assert data["format_version"] == ckpt.FORMAT_VERSION
-    assert data["exssnet_config"] == bert_model.config.to_dict()
-    assert [(t["name"], t["num_labels"]) for t in data["tasks"]] == [("alpha", 2), ("beta", 3)]
+    assert data["format_version"] == ckpt.FORMAT_VERSION == 2
+    assert data["method"] == "exssnet" and data["method_config"] == bert_model.config.to_dict()
+    assert "exssnet_config" not in data and "extra" not in data["method_config"]
+    assert [(t["name"], t["num_labels"], t["file"]) for t in data["tasks"]] == [("alpha", 2, TASK_FILES[0]), ("beta", 3, TASK_FILES[1])]
+    assert [t["label_names"] for t in data["tasks"]] == [["alpha_0", "alpha_1"], ["beta_0", "beta_1", "beta_2"]]
     assert data["encoder"]["model_type"] == "bert" and data["encoder"]["config"]["hidden_size"] == 32
-    assert data["base_weights"] == "base_model.safetensors"
-    assert len(data["base_fingerprint"]["value"]) == 64
+    assert data["base_weights"] == "base_model.safetensors" and data["shared_weights"] is None
+    assert data["base_fingerprint"] == {"algorithm": "sha256", "value": bert_model.base_fingerprint,
+                                        "definition": ckpt.FINGERPRINT_DEFINITION}
+    assert sorted(data["files"]) == ["base_model.safetensors", *TASK_FILES]
+    for name, record in data["files"].items():
+        assert record["size"] == (out / name).stat().st_size and len(record["sha256"]) == 64
     assert ckpt.read_extra_state(out) == {"results": {"acc": [0.5, 0.75]}}
+    assert ckpt.read_checkpoint_config(out)["method"] == "exssnet"
+    loaded, state = load_pretrained(out, return_trainer_state=True)
+    assert state == trainer_state and loaded.tasks == bert_model.tasks
     with pytest.raises(ValueError, match="JSON"):
-        ckpt.save_pretrained(bert_model, tmp_path / "bad", extra_state={"x": object()})
+        bert_model.save_pretrained(tmp_path / "bad", extra_state={"x": object()})
+    assert not (tmp_path / "bad").exists()
 
 
 def test_unfinished_task_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     model = make_model("bert", "exssnet")
     model.add_task("gamma", 2)
-    model.begin_mask_phase()
+    model.begin_phase("mask")
     with caplog.at_level(logging.WARNING, logger="exssnet_nlp.checkpoint"):
-        out = ckpt.save_pretrained(model, tmp_path / "ckpt")
+        out = model.save_pretrained(tmp_path / "ckpt")
     assert "gamma" in caplog.text
     assert not (out / "task_002.safetensors").exists()
-    loaded = ckpt.load_pretrained(out)
+    loaded = load_pretrained(out)
     assert loaded.tasks == ["alpha", "beta"]
     model.discard_task()
     assert_same_logits(model, loaded, batch(3))
 
 
-def test_signed_constant_round_trip(tmp_path: Path) -> None:
+def test_include_base_round_trip_signed_constant(tmp_path: Path) -> None:
     model = make_model("bert", "exssnet", weight_init="signed_constant")
-    out = ckpt.save_pretrained(model, tmp_path / "ckpt")
-    # From the stored (already transformed) weights, and from the same pretrained encoder re-wrapped.
-    assert_same_logits(model, ckpt.load_pretrained(out), batch(8))
-    assert_same_logits(model, ckpt.load_pretrained(out, encoder=tiny_encoder("bert", seed=0)), batch(8))
+    out = model.save_pretrained(tmp_path / "ckpt", include_base=True)
+    # The stored base weights are the transformed ones (and every task's trained values): loading them
+    # must not apply signed_constant a second time.
+    from_base = load_pretrained(out)
+    assert from_base.config.weight_init == "signed_constant" and from_base.config == model.config
+    assert from_base.base_fingerprint == model.base_fingerprint
+    assert_same_logits(model, from_base, batch(8))
+    for name, layer in from_base.supermask_layers().items():
+        assert torch.equal(layer.weight, model.supermask_layers()[name].weight), name
+    # Re-saved from the stored weights: byte-identical tensor files.
+    again = from_base.save_pretrained(tmp_path / "again")
+    assert {p.name: p.read_bytes() for p in again.glob("*.safetensors")} == {p.name: p.read_bytes() for p in out.glob("*.safetensors")}
+    # From the same pristine encoder re-wrapped (the transform applied again, the fingerprint checked).
+    assert_same_logits(model, load_pretrained(out, encoder=tiny_encoder("bert", seed=0)), batch(8))
+    with pytest.raises(ValueError, match="fingerprint"):
+        load_pretrained(out, encoder=tiny_encoder("bert", seed=1))
 
 
 def test_encoder_without_pooler_round_trip_and_export(tmp_path: Path) -> None:
@@ -216,126 +282,272 @@ def test_encoder_without_pooler_round_trip_and_export(tmp_path: Path) -> None:
     torch.manual_seed(0)
     encoder = BertModel(tiny_encoder("bert").config, add_pooling_layer=False)
     model = learn_tasks(ExSSNetModel.from_encoder(encoder, ExSSNetConfig(density=0.3)))
-    out = ckpt.save_pretrained(model, tmp_path / "ckpt")
-    loaded = ckpt.load_pretrained(out)
+    out = model.save_pretrained(tmp_path / "ckpt")
+    assert json.loads((out / ckpt.CONFIG_NAME).read_text())["encoder"]["add_pooling_layer"] is False
+    loaded = load_pretrained(out)
     assert loaded.encoder.pooler is None
     assert_same_logits(model, loaded, batch(9))
     with torch.no_grad():
-        exported = ckpt.export_task(loaded, "beta")
+        exported = loaded.export_task("beta")
         assert torch.allclose(exported(**batch(9)).logits, model(**batch(9), task="beta").logits, atol=1e-5)
 
 
 def test_model_without_tasks_round_trip(tmp_path: Path) -> None:
     model = ExSSNetModel.from_encoder(tiny_encoder("distilbert"), ExSSNetConfig(density=0.2))
-    out = ckpt.save_pretrained(model, tmp_path / "ckpt")
+    out = model.save_pretrained(tmp_path / "ckpt")
     assert sorted(p.name for p in out.iterdir()) == ["base_model.safetensors", "exssnet_config.json"]
-    loaded = ckpt.load_pretrained(out)
-    assert loaded.tasks == [] and loaded.config == model.config
+    loaded = load_pretrained(out)
+    assert loaded.tasks == [] and loaded.config == model.config and loaded.current_task is None
     loaded.add_task("later", 2)  # and it can keep learning
+    loaded.begin_phase("mask")
+
+
+def test_loaded_model_keeps_learning_and_saves_again(tmp_path: Path, bert_model: ExSSNetModel) -> None:
+    out = bert_model.save_pretrained(tmp_path / "ckpt")
+    loaded = load_pretrained(out)
+    expected = all_logits(loaded, batch(4))
+    learn_tasks(loaded, (("gamma", 2),))
+    after = all_logits(loaded, batch(4))
+    assert list(after) == ["alpha", "beta", "gamma"]
+    for task, logits in expected.items():  # exssnet: the installed tasks don't move
+        assert torch.equal(after[task], logits), task
+    again = load_pretrained(loaded.save_pretrained(tmp_path / "again"))
+    assert again.tasks == ["alpha", "beta", "gamma"]
+    assert_same_logits(loaded, again, batch(4))
 
 
 def test_minilm_round_trip_by_path(tmp_path: Path, minilm_model: ExSSNetModel, minilm_path: str) -> None:
     out = tmp_path / "ckpt"
     minilm_model.save_pretrained(str(out))
-    assert sorted(p.name for p in out.iterdir()) == ["exssnet_config.json", "task_000.safetensors", "task_001.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["exssnet_config.json", *TASK_FILES]
     data = json.loads((out / ckpt.CONFIG_NAME).read_text())
     assert data["base_weights"] is None and Path(data["encoder"]["name_or_path"]) == Path(minilm_path).absolute()
     loaded = ExSSNetModel.from_pretrained(str(out))
     assert_same_logits(minilm_model, loaded, batch(5, vocab=minilm_model.encoder.config.vocab_size))
-    # The fingerprint of the freshly re-loaded pretrained encoder reproduces the stored one.
-    assert ckpt.base_fingerprint(loaded) == data["base_fingerprint"]["value"]
+    # The fingerprint is the pristine encoder's: a fresh load of the same path reproduces the stored value.
+    pristine = AutoModel.from_pretrained(minilm_path, dtype=torch.float32)
+    assert loaded.base_fingerprint == data["base_fingerprint"]["value"] == fingerprint_tensors(pristine.state_dict())
 
-    with_base = ckpt.save_pretrained(minilm_model, tmp_path / "with_base", include_base=True)
+    with_base = minilm_model.save_pretrained(tmp_path / "with_base", include_base=True)
     assert (with_base / "base_model.safetensors").is_file()
-    assert_same_logits(minilm_model, ckpt.load_pretrained(with_base), batch(6, vocab=minilm_model.encoder.config.vocab_size))
+    from_base = load_pretrained(with_base)
+    assert from_base.base_fingerprint == data["base_fingerprint"]["value"]
+    assert_same_logits(minilm_model, from_base, batch(6, vocab=minilm_model.encoder.config.vocab_size))
+
+
+# --- loading installs tasks directly ---------------------------------------------------------------
+@pytest.mark.parametrize("method,task_norms", [("exssnet", False), ("ssnet", False), ("supsup", False), ("exssnet", True)])
+def test_load_installs_tasks_without_replaying_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str,
+                                                        task_norms: bool) -> None:
+    specs = (("alpha", 2), ("beta", 3), ("gamma", 2))
+    model = make_model("bert", method, specs=specs, task_norms=task_norms)
+    out = model.save_pretrained(tmp_path / "ckpt")
+    expected = all_logits(model, batch(11))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("loading must install tasks directly, not replay their phases")
+
+    for owner, name in ((ExSSNetModel, "begin_phase"), (ExSSNetModel, "begin_mask_phase"), (ExSSNetModel, "begin_weight_phase"),
+                        (ExSSNetModel, "add_task"), (ExSSNetModel, "finish_task"), (SupermaskLinear, "start_task"),
+                        (SupermaskLinear, "set_scores_from_mask"), (SupermaskLinear, "begin_weight_phase")):
+        monkeypatch.setattr(owner, name, refuse)
+    loaded = load_pretrained(out)
+    assert loaded.tasks == ["alpha", "beta", "gamma"] and loaded.finished_tasks == loaded.tasks
+    got = all_logits(loaded, batch(11))
+    assert list(got) == list(expected)
+    for task in expected:
+        assert torch.equal(got[task], expected[task]), task
+    for name, layer in loaded.supermask_layers().items():
+        assert layer.num_finished == 3 and layer.scores is None and layer.exclusive_values is None, name
+    for task in specs:
+        state, original = loaded.task_state(task[0]), model.task_state(task[0])
+        assert sorted(state) == sorted(original) and all(torch.equal(state[k], original[k]) for k in state)
+    assert loaded.trainable_parameters() == []
+
+
+def test_install_task_on_a_live_model(bert_model: ExSSNetModel) -> None:
+    """install_task adds a finished task from tensors: the same function as the task it came from."""
+    twin = get_method("exssnet").build(tiny_encoder("bert", 0), bert_model.config)
+    for task in bert_model.tasks:
+        info = bert_model.task_info(task)
+        twin.install_task(task, info.num_labels, info.label_names, bert_model.task_state(task))
+    assert_same_logits(bert_model, twin, batch(12))
+    twin.add_task("gamma", 2)
+    with pytest.raises(ValueError, match="being learned"):
+        twin.install_task("delta", 2, None, bert_model.task_state("alpha"))
 
 
 # --- refusals -----------------------------------------------------------------------------------
+def test_fingerprint_is_the_pristine_encoders(tmp_path: Path) -> None:
+    pristine = fingerprint_tensors(tiny_encoder("bert", seed=0).state_dict())
+    assert pristine != fingerprint_tensors(tiny_encoder("bert", seed=1).state_dict())
+    for cfg in ({}, {"weight_init": "signed_constant"}):
+        model = get_method("exssnet").build(tiny_encoder("bert", seed=0), {"density": 0.3, **cfg})
+        assert model.base_fingerprint == pristine  # taken before any weight is transformed or trained
+        learn_tasks(model)
+        assert model.base_fingerprint == pristine
+        out = model.save_pretrained(tmp_path / f"ckpt{len(cfg)}")
+        assert json.loads((out / ckpt.CONFIG_NAME).read_text())["base_fingerprint"]["value"] == pristine
+    # Same names, same shapes, other dtype: another fingerprint.
+    assert fingerprint_tensors({"w": torch.zeros(2)}) != fingerprint_tensors({"w": torch.zeros(2, dtype=torch.float16)})
+    assert fingerprint_tensors({"w": torch.zeros(4)}) != fingerprint_tensors({"w": torch.zeros(2, 2)})
+
+
 def test_fingerprint_mismatch_refused(tmp_path: Path, bert_model: ExSSNetModel) -> None:
-    out = ckpt.save_pretrained(bert_model, tmp_path / "ckpt")
-    with pytest.raises(ValueError, match="fingerprint"):
-        ckpt.load_pretrained(out, encoder=tiny_encoder("bert", seed=1))
+    out = bert_model.save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="fingerprint") as err:
+        load_pretrained(out, encoder=tiny_encoder("bert", seed=1))
+    assert "encoder=" in str(err.value)
     # The same pretrained encoder (same seed) is accepted.
-    assert_same_logits(bert_model, ckpt.load_pretrained(out, encoder=tiny_encoder("bert", seed=0)), batch(1))
+    assert_same_logits(bert_model, load_pretrained(out, encoder=tiny_encoder("bert", seed=0)), batch(1))
+
+
+def test_wrong_encoder_at_the_stored_path_refused(tmp_path: Path) -> None:
+    encoder_dir = tmp_path / "encoder"
+    tiny_encoder("bert", seed=0).save_pretrained(encoder_dir)
+    model = learn_tasks(get_method("supsup").build(str(encoder_dir), {"density": 0.3}))
+    out = model.save_pretrained(tmp_path / "ckpt")
+    assert not (out / ckpt.BASE_WEIGHTS_NAME).exists()  # re-loaded by path
+    assert_same_logits(model, load_pretrained(out), batch(2))
+    other_dir = tmp_path / "other"
+    tiny_encoder("bert", seed=1).save_pretrained(other_dir)
+    tiny_encoder("bert", seed=1).save_pretrained(encoder_dir)  # someone replaced the encoder at that path
+    with pytest.raises(ValueError, match="fingerprint") as err:
+        load_pretrained(out)
+    assert repr(str(encoder_dir)) in str(err.value)
+    # The message blames the encoder that was actually used, not the checkpoint's stored path.
+    with pytest.raises(ValueError, match="fingerprint") as err:
+        load_pretrained(out, encoder=str(other_dir))
+    assert repr(str(other_dir)) in str(err.value) and repr(str(encoder_dir)) not in str(err.value)
+    with pytest.raises(ValueError, match="fingerprint") as err:
+        load_pretrained(out, encoder=tiny_encoder("bert", seed=2))
+    assert "the encoder passed as encoder=" in str(err.value) and repr(str(encoder_dir)) not in str(err.value)
 
 
 def test_missing_task_file_refused(tmp_path: Path, bert_model: ExSSNetModel) -> None:
-    out = ckpt.save_pretrained(bert_model, tmp_path / "ckpt")
+    out = bert_model.save_pretrained(tmp_path / "ckpt")
     (out / "task_001.safetensors").unlink()
     with pytest.raises(ValueError, match="missing task_001.safetensors"):
-        ckpt.load_pretrained(out)
+        load_pretrained(out)
 
 
 def test_missing_config_refused(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="exssnet_config.json is missing"):
-        ckpt.load_pretrained(tmp_path / "empty")
+        load_pretrained(tmp_path / "empty")
 
 
 def test_truncated_and_corrupt_files_refused(tmp_path: Path, bert_model: ExSSNetModel) -> None:
-    out = ckpt.save_pretrained(bert_model, tmp_path / "ckpt")
-    path = out / "task_000.safetensors"
-    original = path.read_bytes()
-    path.write_bytes(original[:-50])
-    with pytest.raises(ValueError, match="truncated"):
-        ckpt.load_pretrained(out)
-    flipped = bytearray(original)
-    flipped[-1] ^= 0xFF
-    path.write_bytes(bytes(flipped))
-    with pytest.raises(ValueError, match="sha256"):
-        ckpt.load_pretrained(out)
+    out = bert_model.save_pretrained(tmp_path / "ckpt")
+    for name in ("task_000.safetensors", ckpt.BASE_WEIGHTS_NAME):
+        path = out / name
+        original = path.read_bytes()
+        path.write_bytes(original[:-50])
+        with pytest.raises(ValueError, match="truncated"):
+            load_pretrained(out)
+        flipped = bytearray(original)
+        flipped[-1] ^= 0xFF
+        path.write_bytes(bytes(flipped))
+        with pytest.raises(ValueError, match="sha256"):
+            load_pretrained(out)
+        path.write_bytes(original)
+    assert_same_logits(bert_model, load_pretrained(out), batch(1))
     # Without a recorded size/hash, the safetensors parser itself catches the truncation.
-    path.write_bytes(original[:-50])
-    data = json.loads((out / ckpt.CONFIG_NAME).read_text())
-    data["files"].pop("task_000.safetensors")
-    (out / ckpt.CONFIG_NAME).write_text(json.dumps(data))
+    path = out / "task_000.safetensors"
+    path.write_bytes(path.read_bytes()[:-50])
+    edit_config(out, lambda data: data["files"].pop("task_000.safetensors"))
     with pytest.raises(ValueError, match="not a readable safetensors file"):
-        ckpt.load_pretrained(out)
+        load_pretrained(out)
 
 
-def test_unknown_format_version_refused(tmp_path: Path, bert_model: ExSSNetModel) -> None:
-    out = ckpt.save_pretrained(bert_model, tmp_path / "ckpt")
-    data = json.loads((out / ckpt.CONFIG_NAME).read_text())
-    data["format_version"] = 99
-    (out / ckpt.CONFIG_NAME).write_text(json.dumps(data))
+def test_format_version_and_method_refused(tmp_path: Path, bert_model: ExSSNetModel) -> None:
+    out = bert_model.save_pretrained(tmp_path / "ckpt")
+    edit_config(out, lambda data: data.update(format_version=99))
     with pytest.raises(ValueError, match="format_version=99"):
-        ckpt.load_pretrained(out)
+        load_pretrained(out)
+    edit_config(out, lambda data: data.update(format_version=1))  # what exssnet-nlp 0.1 wrote
+    with pytest.raises(ValueError, match="format 1 was written by exssnet-nlp 0.1"):
+        load_pretrained(out)
+    edit_config(out, lambda data: data.update(format_version=2, method="packnet"))
+    with pytest.raises(ValueError, match="'packnet' is not a registered method"):
+        load_pretrained(out)
+    edit_config(out, lambda data: data.update(method="supsup"))  # its config says exssnet
+    with pytest.raises(ValueError, match="implies"):
+        load_pretrained(out)
+    edit_config(out, lambda data: data.update(method="exssnet") or data.pop("method_config"))
+    with pytest.raises(ValueError, match="lacks the 'method_config' entry"):
+        load_pretrained(out)
+    (out / ckpt.CONFIG_NAME).write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_pretrained(out)
 
 
 def test_wrong_mask_size_refused(tmp_path: Path, bert_model: ExSSNetModel) -> None:
-    out = ckpt.save_pretrained(bert_model, tmp_path / "ckpt")
+    out = bert_model.save_pretrained(tmp_path / "ckpt")
     tensors = load_file(out / "task_001.safetensors")
     name = next(k for k in tensors if k.startswith("mask."))
     tensors[name] = tensors[name][:-3].clone()
     rewrite_tensor_file(out, "task_001.safetensors", tensors)
     with pytest.raises(ValueError, match="needs .* uint8 bytes"):
-        ckpt.load_pretrained(out)
+        load_pretrained(out)
 
 
 def test_corrupt_mask_values_and_missing_layer_refused(tmp_path: Path, bert_model: ExSSNetModel) -> None:
-    out = ckpt.save_pretrained(bert_model, tmp_path / "ckpt")
+    out = bert_model.save_pretrained(tmp_path / "ckpt")
     original = load_file(out / "task_000.safetensors")
-    tensors = dict(original)
-    name = next(k for k in tensors if k.startswith("mask."))
-    tensors[name] = torch.full_like(tensors[name], 255)  # right size, but every weight kept
-    rewrite_tensor_file(out, "task_000.safetensors", tensors)
-    with pytest.raises(ValueError, match="keeps .* weights"):
-        ckpt.load_pretrained(out)
-    tensors = dict(original)
-    values = next(k for k in tensors if k.startswith("values."))
-    tensors[values] = tensors[values][:-1].clone()
-    rewrite_tensor_file(out, "task_000.safetensors", tensors)
-    with pytest.raises(ValueError, match="values of"):
-        ckpt.load_pretrained(out)
-    tensors = {k: v for k, v in original.items() if k != name}
-    rewrite_tensor_file(out, "task_000.safetensors", tensors)
-    with pytest.raises(ValueError, match="missing"):
-        ckpt.load_pretrained(out)
+    mask = next(k for k in original if k.startswith("mask."))
+    values = next(k for k in original if k.startswith("values."))
+    cases = [
+        ({mask: torch.full_like(original[mask], 255)}, "keeps .* weights"),  # right size, but every weight kept
+        ({mask: original[mask].float()}, "needs .* uint8 bytes"),
+        ({values: original[values][:-1].clone()}, "values of"),
+        ({values: original[values].double()}, "values of"),
+        ({"head.out.weight": original["head.out.weight"][:1].clone()}, "head of task 'alpha'.*shape"),
+        ({"values.no.such.layer": original[values].clone()}, "unexpected \\['values.no.such.layer'\\]"),
+    ]
+    for change, message in cases:
+        rewrite_tensor_file(out, "task_000.safetensors", {**original, **change})
+        with pytest.raises(ValueError, match=message):
+            load_pretrained(out)
+    for dropped, message in ((mask, "missing \\['mask."), ("head.dense.bias", "missing \\['dense.bias'\\]")):
+        rewrite_tensor_file(out, "task_000.safetensors", {k: v for k, v in original.items() if k != dropped})
+        with pytest.raises(ValueError, match=message):
+            load_pretrained(out)
+
+
+def test_corrupt_task_tensors_leave_a_live_model_unchanged() -> None:
+    """install_task checks everything before it changes anything: a bad task leaves the model exactly as it was."""
+    source = make_model("bert", "exssnet", specs=(("alpha", 2), ("beta", 3), ("gamma", 3)))
+    model = get_method("exssnet").build(tiny_encoder("bert", 0), source.config)
+    for task in ("alpha", "beta"):
+        model.install_task(task, source.task_info(task).num_labels, None, source.task_state(task))
+    model.set_task("alpha")  # not the last task: a failed install must not move the current task either
+    good = source.task_state("gamma")
+    # The last layer: a loader that wrote each layer as it checked it would have changed the others already.
+    mask = sorted(k for k in good if k.startswith("mask."))[-1]
+    values = sorted(k for k in good if k.startswith("values."))[-1]
+    bad_states = [
+        {**good, mask: torch.full_like(good[mask], 255)},
+        {**good, values: good[values][:-1].clone()},
+        {k: v for k, v in good.items() if k != values},
+        {**good, "head.out.bias": good["head.out.bias"][:2].clone()},
+        {**good, "norm.embeddings.LayerNorm.weight": torch.ones(32)},
+    ]
+    before = snapshot(model)
+    expected = all_logits(model, batch(5))
+    for tensors in bad_states:
+        with pytest.raises(ValueError, match="task_002.safetensors.*corrupt"):
+            model.install_task("gamma", 3, None, tensors, file_name="task_002.safetensors")
+        assert_unchanged(model, before)
+    got = all_logits(model, batch(5))
+    assert list(got) == list(expected) and all(torch.equal(got[t], expected[t]) for t in expected)
+    model.install_task("gamma", 3, None, good)  # and the good tensors still install
+    assert_same_logits(source, model, batch(5))
 
 
 def test_export_unknown_or_unfinished_task_refused(bert_model: ExSSNetModel) -> None:
     with pytest.raises(ValueError, match="unknown task"):
-        ckpt.export_task(bert_model, "nope")
+        bert_model.export_task("nope")
     model = make_model("bert", "exssnet")
     model.add_task("gamma", 2)
     with pytest.raises(ValueError, match="still being learned"):
@@ -345,49 +557,101 @@ def test_export_unknown_or_unfinished_task_refused(bert_model: ExSSNetModel) -> 
 def test_export_mean_pooling_refused() -> None:
     model = make_model("bert", "supsup", pooling="mean")
     with pytest.raises(ValueError, match="pooling='cls'"):
-        ckpt.export_task(model, "alpha")
+        model.export_task("alpha")
 
 
 # --- atomic saves ------------------------------------------------------------------------------
 def test_interrupted_save_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = make_model("bert", "exssnet")
     target = tmp_path / "ckpt"
-    ckpt.save_pretrained(model, target)
+    model.save_pretrained(target)
     before = {p.name: p.read_bytes() for p in target.iterdir()}
 
     model.add_task("gamma", 2)
-    model.begin_mask_phase()
+    model.begin_phase("mask")
     model.finish_task()
-    real = ckpt._write_safetensors
+    real = ckpt._write_file
     calls = []
 
-    def failing(tensors, path, metadata):
-        calls.append(path.name)
+    def failing(directory, name, data, files):
+        calls.append(name)
         if len(calls) == 2:
             raise OSError("disk full (simulated)")
-        return real(tensors, path, metadata)
+        return real(directory, name, data, files)
 
-    monkeypatch.setattr(ckpt, "_write_safetensors", failing)
+    monkeypatch.setattr(ckpt, "_write_file", failing)
     with pytest.raises(OSError, match="simulated"):
-        ckpt.save_pretrained(model, target)
+        model.save_pretrained(target)
     calls.clear()
     with pytest.raises(OSError, match="simulated"):
-        ckpt.save_pretrained(model, tmp_path / "fresh", include_base=True)
+        model.save_pretrained(tmp_path / "fresh", include_base=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp/partial directory left
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
-    assert ckpt.load_pretrained(target).tasks == ["alpha", "beta"]
+    assert load_pretrained(target).tasks == ["alpha", "beta"]
+    monkeypatch.setattr(ckpt, "_write_file", real)
 
-    monkeypatch.setattr(ckpt, "_write_safetensors", real)
-    ckpt.save_pretrained(model, target)  # replaces the old checkpoint once complete
-    assert ckpt.load_pretrained(target).tasks == ["alpha", "beta", "gamma"]
+    # A method failing to give a task's tensors: nothing is written at all.
+    with monkeypatch.context() as patch:
+        patch.setattr(model, "task_state", mock.Mock(side_effect=RuntimeError("no tensors")))
+        with pytest.raises(RuntimeError, match="no tensors"):
+            model.save_pretrained(target)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+
+    model.save_pretrained(target)  # replaces the old checkpoint once complete
+    assert load_pretrained(target).tasks == ["alpha", "beta", "gamma"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    # Fewer tasks later: the swap leaves no stale task file behind.
+    make_model("bert", "exssnet", specs=(("solo", 2),)).save_pretrained(target)
+    assert sorted(p.name for p in target.iterdir()) == ["base_model.safetensors", "exssnet_config.json", "task_000.safetensors"]
 
 
 def test_refuses_to_replace_foreign_directory(tmp_path: Path, bert_model: ExSSNetModel) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="refusing to replace"):
-        ckpt.save_pretrained(bert_model, tmp_path)
+        bert_model.save_pretrained(tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+    # A checkpoint directory someone added a file to is no longer only ours: refused too.
+    out = bert_model.save_pretrained(tmp_path / "ckpt")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="refusing to replace"):
+        bert_model.save_pretrained(out)
+    assert (out / "notes.txt").read_text() == "mine" and load_pretrained(out).tasks == bert_model.tasks
+    # A file where the directory should go.
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        bert_model.save_pretrained(tmp_path / "file")
+
+
+def test_export_refuses_to_replace_foreign_directory(tmp_path: Path, bert_model: ExSSNetModel) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.json").write_text("{}")  # a directory that merely has a config.json is not an exported model
+    (project / "train.py").write_text("print('mine')")
+    with pytest.raises(ValueError, match="refusing to replace"):
+        bert_model.export_task("alpha", project)
+    assert sorted(p.name for p in project.iterdir()) == ["config.json", "train.py"]
+    out = tmp_path / "export"
+    bert_model.export_task("alpha", out)
+    bert_model.export_task("beta", out)  # an earlier export is replaced
+    assert AutoModelForSequenceClassification.from_pretrained(out).config.num_labels == 3
+
+
+# --- shared tensors ---------------------------------------------------------------------------------
+def test_shared_tensors_round_trip_and_tamper_refused(tmp_path: Path) -> None:
+    model = get_method("finetune").build(tiny_encoder("bert"), {})
+    learn_tasks(model, steps=2)
+    out = model.save_pretrained(tmp_path / "ckpt")
+    assert sorted(p.name for p in out.iterdir()) == ["base_model.safetensors", "exssnet_config.json",
+                                                     ckpt.SHARED_WEIGHTS_NAME, *TASK_FILES]
+    data = json.loads((out / ckpt.CONFIG_NAME).read_text())
+    assert data["method"] == "finetune" and data["shared_weights"] == ckpt.SHARED_WEIGHTS_NAME
+    loaded = load_pretrained(out, encoder=tiny_encoder("bert"))  # the pristine encoder, then the trained one installed
+    assert type(loaded) is type(model)
+    assert_same_logits(model, loaded, batch(3))
+    shared = out / ckpt.SHARED_WEIGHTS_NAME
+    shared.write_bytes(shared.read_bytes()[:-10])
+    with pytest.raises(ValueError, match="truncated"):
+        load_pretrained(out)
 
 
 # --- Hub ------------------------------------------------------------------------------------------
@@ -402,64 +666,85 @@ def test_push_to_hub_uploads_checkpoint_and_card(bert_model: ExSSNetModel) -> No
         folder = Path(kwargs["folder_path"])
         seen["files"] = sorted(p.name for p in folder.iterdir())
         seen["card"] = (folder / "README.md").read_text()
+        seen["config"] = json.loads((folder / ckpt.CONFIG_NAME).read_text())
         seen["kwargs"] = kwargs
 
     with mock.patch("huggingface_hub.HfApi") as api_cls:
         api = api_cls.return_value
         api.create_repo.return_value = "https://huggingface.co/me/tiny-exssnet"
         api.upload_folder.side_effect = upload_folder
-        url = bert_model.push_to_hub("me/tiny-exssnet", private=True, token="t0k", results=RESULTS)
+        url = bert_model.push_to_hub("me/tiny-exssnet", private=True, token="t0k", results=RESULTS,
+                                     extra_state={"note": "hi"})
     assert url == "https://huggingface.co/me/tiny-exssnet"
     api_cls.assert_called_once_with(token="t0k")
     api.create_repo.assert_called_once_with("me/tiny-exssnet", private=True, exist_ok=True, repo_type="model")
-    assert seen["files"] == ["README.md", "base_model.safetensors", "exssnet_config.json", "task_000.safetensors",
-                             "task_001.safetensors"]
+    assert seen["files"] == ["README.md", "base_model.safetensors", "exssnet_config.json", *TASK_FILES]
+    assert seen["config"]["extra_state"] == {"note": "hi"} and seen["config"]["method"] == "exssnet"
     assert seen["kwargs"]["repo_id"] == "me/tiny-exssnet"
+    # An older upload's files this one lacks are deleted: task files, base and shared weights.
+    assert set(seen["kwargs"]["delete_patterns"]) == {"task_*.safetensors", ckpt.BASE_WEIGHTS_NAME, ckpt.SHARED_WEIGHTS_NAME}
     card = seen["card"]
-    assert card == ckpt.model_card(bert_model, RESULTS)
-    assert "library_name: exssnet-nlp" in card and "- exssnet" in card
+    assert card == hub.model_card(bert_model, RESULTS)
+    assert "library_name: exssnet-nlp" in card and "- exssnet" in card and "- continual-learning" in card
     assert "| after \\ on | alpha | beta |" in card
     assert "| beta | 0.8500 | 0.7000 |" in card and "| alpha | 0.9000 | – |" in card
-    assert "(BWT): -0.0500" in card and "(FWT): 0.0100" in card
+    assert "(BWT): -0.0500" in card and "(FWT): 0.0100" in card and "Average accuracy: 0.7750" in card
     assert "| 1 | beta | 3 | beta_0, beta_1, beta_2 |" in card
-    assert "Density: 0.3" in card and "Method: `exssnet`" in card
+    assert "- `density`: 0.3" in card and "Method: `exssnet`" in card
+    assert 'task="beta"' in card and "load_pretrained" in card
 
 
-def test_model_card_without_results(minilm_model: ExSSNetModel) -> None:
-    card = ckpt.model_card(minilm_model)
+def test_model_card_without_results(minilm_model: ExSSNetModel, minilm_path: str) -> None:
+    card = hub.model_card(minilm_model)
     assert "## Results" not in card and "base_model" not in card.split("---")[1]  # local path: no Hub base_model
-    assert "Masked layers: 36" in card
+    assert f"Base model: `{minilm_path}`" in card and "- `density`: 0.1" in card
+    assert "| 0 | alpha | 2 | alpha_0, alpha_1 |" in card
+    # Uploaded, a checkpoint whose encoder is a local directory carries the base weights: others can't load that path.
+    seen: dict = {}
+    with mock.patch("huggingface_hub.HfApi") as api_cls:
+        api_cls.return_value.upload_folder.side_effect = lambda **kw: seen.update(
+            files=sorted(p.name for p in Path(kw["folder_path"]).iterdir()))
+        minilm_model.push_to_hub("me/minilm-exssnet")
+    assert seen["files"] == ["README.md", "base_model.safetensors", "exssnet_config.json", *TASK_FILES]
 
 
 def test_model_card_names_hub_base_model() -> None:
-    model = ExSSNetModel.from_encoder(tiny_encoder("bert"), ExSSNetConfig(method="supsup"))
+    model = get_method("supsup").build(tiny_encoder("bert"), {})
     model.encoder.config._name_or_path = "org/some-bert"  # as if loaded from the Hub
-    card = ckpt.model_card(model)
-    assert "base_model: org/some-bert" in card and "Method: `supsup`" in card
+    card = hub.model_card(model)
+    assert "base_model: org/some-bert" in card and "Method: `supsup`" in card and 'task="<task>"' in card
 
 
 def test_load_from_repo_id(tmp_path: Path, bert_model: ExSSNetModel) -> None:
-    out = ckpt.save_pretrained(bert_model, tmp_path / "snapshot")
+    out = bert_model.save_pretrained(tmp_path / "snapshot")
     with mock.patch("huggingface_hub.snapshot_download", return_value=str(out)) as download:
         loaded = ExSSNetModel.from_pretrained("me/tiny-exssnet", revision="v1")
     assert download.call_args.kwargs["repo_id"] == "me/tiny-exssnet"
     assert download.call_args.kwargs["revision"] == "v1"
+    assert set(download.call_args.kwargs["allow_patterns"]) == {"*.json", "*.safetensors", "*.md"}
     assert_same_logits(bert_model, loaded, batch(2))
 
 
 def test_unreachable_repo_id_is_a_value_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a local checkpoint directory"):
-        ckpt.load_pretrained(str(tmp_path / "does" / "not" / "exist"))
+        load_pretrained(str(tmp_path / "does" / "not" / "exist"))
+
+
+def test_from_pretrained_of_another_method_refused(tmp_path: Path) -> None:
+    out = get_method("finetune").build(tiny_encoder("bert"), {}).save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="holds a FinetuneModel"):
+        ExSSNetModel.from_pretrained(str(out))
 
 
 # --- export ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["bert", "roberta", "electra", "distilbert"])
 def test_export_matches_logits(tmp_path: Path, kind: str) -> None:
     model = make_model(kind, "exssnet")
+    assert model.supports_export
     inputs = batch(4)
     for task in model.tasks:
-        exported = ckpt.export_task(model, task)
-        assert not any(isinstance(m, type(next(iter(model.supermask_layers().values())))) for m in exported.modules())
+        exported = model.export_task(task)
+        assert not any(isinstance(m, SupermaskLinear) for m in exported.modules())
         with torch.no_grad():
             expected = model(**inputs, task=task).logits
             got = exported(**inputs).logits
@@ -476,7 +761,7 @@ def test_export_minilm_pipeline(tmp_path: Path, minilm_model: ExSSNetModel, mini
     from transformers import pipeline
 
     out = tmp_path / "alpha-export"
-    ckpt.export_task(minilm_model, "alpha", out)
+    minilm_model.export_task("alpha", out)
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     assert (out / "tokenizer.json").is_file() or (out / "vocab.txt").is_file()
     tokenizer = AutoTokenizer.from_pretrained(out)
@@ -487,41 +772,47 @@ def test_export_minilm_pipeline(tmp_path: Path, minilm_model: ExSSNetModel, mini
         assert torch.allclose(hf_model(**enc).logits, minilm_model(**enc, task="alpha").logits, atol=1e-5)
     classifier = pipeline("text-classification", model=hf_model, tokenizer=tokenizer)
     preds = classifier(texts)
-    ours = ckpt.predict(minilm_model, tokenizer, "alpha", texts)
+    ours = predict(minilm_model, tokenizer, "alpha", texts)
     assert [p["label"] for p in preds] == [p["label"] for p in ours]
     for a, b in zip(preds, ours, strict=True):
         assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+    with pytest.raises(ValueError, match="base encoder's own directory"):
+        minilm_model.export_task("alpha", minilm_path)
 
 
 def test_load_for_inference_and_predict(tmp_path: Path, minilm_model: ExSSNetModel) -> None:
-    out = ckpt.save_pretrained(minilm_model, tmp_path / "ckpt")
-    model, tokenizer = ckpt.load_for_inference(str(out))
+    out = minilm_model.save_pretrained(tmp_path / "ckpt")
+    model, tokenizer = load_for_inference(str(out))
     assert tokenizer is not None and not model.training
-    preds = ckpt.predict(model, tokenizer, "beta", ["one text", "another text", "third"], batch_size=2)
+    preds = predict(model, tokenizer, "beta", ["one text", "another text", "third"], batch_size=2)
     assert len(preds) == 3
     assert all(p["label"] in model.task_info("beta").label_names and 0.0 < p["score"] <= 1.0 for p in preds)
-    assert ckpt.predict(model, tokenizer, "alpha", "single")[0]["label"].startswith("alpha_")
+    assert predict(model, tokenizer, "alpha", "single")[0]["label"].startswith("alpha_")
 
 
 # --- per-task norms -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind,method", [("bert", "exssnet"), ("bert", "supsup"), ("distilbert", "ssnet")])
 def test_task_norms_round_trip_and_export(tmp_path: Path, kind: str, method: str) -> None:
     model = make_model(kind, method, task_norms=True)
-    out = ckpt.save_pretrained(model, tmp_path / "ckpt")
+    out = model.save_pretrained(tmp_path / "ckpt")
     task_file = load_file(out / "task_001.safetensors")
-    norm_keys = [k for k in task_file if k.startswith("norm.")]
+    norm_keys = sorted(k for k in task_file if k.startswith("norm."))
     assert len(norm_keys) == 2 * len(model.task_norm_layers())
     loaded = ExSSNetModel.from_pretrained(str(out))
     assert loaded.config.task_norms
     assert_same_logits(model, loaded, batch(3))
     inputs = batch(4)
     for task in model.tasks:
-        exported = ckpt.export_task(model, task)
+        exported = model.export_task(task)
         with torch.no_grad():
             expected, got = model(**inputs, task=task).logits, exported(**inputs).logits
         assert torch.allclose(got, expected, atol=1e-5), (task, (got - expected).abs().max())
 
+    wrong_shape = {**task_file, norm_keys[0]: task_file[norm_keys[0]][:-1].clone()}
+    rewrite_tensor_file(out, "task_001.safetensors", wrong_shape)
+    with pytest.raises(ValueError, match="norm .* has shape"):
+        ExSSNetModel.from_pretrained(str(out))
     del task_file[norm_keys[0]]
     rewrite_tensor_file(out, "task_001.safetensors", task_file)
-    with pytest.raises(ValueError, match="per-task norms do not match"):
+    with pytest.raises(ValueError, match="tensors do not match the model \\(missing \\['norm\\."):
         ExSSNetModel.from_pretrained(str(out))

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import learn_task, random_batch, tiny_encoder, train_steps
 
-from exssnet_nlp import ExSSNetConfig, ExSSNetModel
 from exssnet_nlp.masks import num_kept, pack_bits, topk_mask, unpack_bits
+from exssnet_nlp.methods import get_method
+from exssnet_nlp.methods.supermask import ExSSNetConfig, ExSSNetModel
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(arch: str, method: str = "exssnet", density: float = 0.1, **kw) -> ExSSNetModel:
-    return ExSSNetModel.from_encoder(tiny_encoder(arch), ExSSNetConfig(density=density, method=method, **kw))
+    """Through the registry, as the trainer and the checkpoint loader build models: the method name sets `method`."""
+    model = get_method(method).build(tiny_encoder(arch), {"density": density, **kw})
+    assert isinstance(model, ExSSNetModel) and model.config.method == method
+    return model
 
 
 def logits_of(model: ExSSNetModel, task: str, batch) -> torch.Tensor:
@@ -58,12 +66,18 @@ def test_config_rejects_bad_values(field, value):
         ExSSNetConfig(**{field: value})
 
 
-def test_config_json_round_trip(tmp_path):
+def test_config_json_round_trip():
     config = ExSSNetConfig(density=0.05, method="ssnet", target_modules=["query", "value"], pooling="mean")
-    config.to_json_file(tmp_path / "c.json")
-    assert ExSSNetConfig.from_json_file(tmp_path / "c.json") == config
+    assert ExSSNetConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(ValueError, match="Unknown ExSSNetConfig field"):
         ExSSNetConfig.from_dict({"densty": 0.1})
+    # The registry builds the same config from a dict or an instance; the method name implies `method`.
+    spec = get_method("ssnet")
+    assert spec.make_config(config.to_dict()) == spec.make_config(config) == config
+    assert get_method("supsup").make_config({"density": 0.05}).method == "supsup"
+    with pytest.raises(ValueError, match="implies"):
+        get_method("supsup").make_config({"method": "exssnet"})
+    assert "method" not in {f.name for f in get_method("exssnet").config_fields()}
 
 
 # --- injection ---------------------------------------------------------------------------------
@@ -114,7 +128,7 @@ def test_exact_density_per_layer(arch, density):
     model.add_task("a", 3)
     for name, mask in model.task_mask("a").items():
         assert int(mask.sum()) == num_kept(mask.numel(), density), name
-    model.begin_mask_phase()
+    model.begin_phase("mask")
     train_steps(model, random_batch())
     model.finish_task()
     for name, mask in model.task_mask("a").items():
@@ -124,7 +138,7 @@ def test_exact_density_per_layer(arch, density):
 def test_straight_through_gradient_reaches_scores(arch):
     model = make(arch)
     model.add_task("a", 3)
-    model.begin_mask_phase()
+    model.begin_phase("mask")
     ids, mask, labels = random_batch()
     model(ids, mask, labels=labels).loss.backward()
     for name, layer in model.supermask_layers().items():
@@ -137,6 +151,7 @@ def test_exclusive_mask_is_mask_minus_union_of_earlier(arch):
     for i, name in enumerate(["a", "b", "c"]):
         learn_task(model, name, random_batch(seed=i), 3)
     masks = {t: model.task_mask(t) for t in model.tasks}
+    layers = model.supermask_layers()
     for t_index, task in enumerate(model.tasks):
         excl = model.exclusive_mask(task)
         for layer_name in excl:
@@ -144,6 +159,12 @@ def test_exclusive_mask_is_mask_minus_union_of_earlier(arch):
             for earlier in model.tasks[:t_index]:
                 union |= masks[earlier][layer_name]
             assert torch.equal(excl[layer_name], masks[task][layer_name] & ~union)
+            assert torch.equal(layers[layer_name].owned_mask(t_index), excl[layer_name])  # the one place it is computed
+    # Ownership partitions the union: disjoint across tasks, and together exactly every weight some mask holds.
+    for layer_name, layer in layers.items():
+        owned = [model.exclusive_mask(t)[layer_name] for t in model.tasks]
+        assert int(sum(o.long() for o in owned).max()) <= 1
+        assert torch.equal(torch.stack(owned).any(0), layer.union_mask(len(model.tasks)))
 
 
 def test_weight_phase_trains_only_exclusive_positions():
@@ -151,9 +172,11 @@ def test_weight_phase_trains_only_exclusive_positions():
     learn_task(model, "a", random_batch(seed=0), 3)
     before = {n: layer.weight.detach().clone() for n, layer in model.supermask_layers().items()}
     model.add_task("b", 2)
-    model.begin_mask_phase()
+    model.begin_phase("mask")
     train_steps(model, random_batch(num_labels=2, seed=1))
-    model.begin_weight_phase()
+    model.begin_phase("weight")
+    for name, layer in model.supermask_layers().items():  # what the weight phase may train is exactly what b owns
+        assert torch.equal(layer.exclusive_index, layer.owned_mask(1).flatten().nonzero().squeeze(1)), name
     train_steps(model, random_batch(num_labels=2, seed=1), lr=0.5, weight_decay=0.1)
     model.finish_task()
     excl = model.exclusive_mask("b")
@@ -186,7 +209,7 @@ def test_old_task_unchanged_in_train_mode_forward_too():
     learn_task(model, "a", batch, 3)
     expected = logits_of(model, "a", batch)
     model.add_task("b", 2)
-    model.begin_mask_phase()
+    model.begin_phase("mask")
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(batch[0], batch[1], task="a").logits, expected)
@@ -254,40 +277,55 @@ def test_api_errors():
     with pytest.raises(ValueError, match="no current task"):
         model(ids, mask)
     with pytest.raises(ValueError, match="no task is being learned"):
-        model.begin_mask_phase()
+        model.begin_phase("mask")
+    with pytest.raises(ValueError, match="no task is being learned"):
+        model.begin_mask_phase()  # the wrapper says the same
     model.add_task("a", 3)
     with pytest.raises(ValueError, match="already added"):
         model.add_task("a", 3)
     with pytest.raises(ValueError, match="still being learned"):
         model.add_task("b", 3)
     with pytest.raises(ValueError, match="allowed from"):
+        model.begin_phase("weight")
+    with pytest.raises(ValueError, match="allowed from"):
         model.begin_weight_phase()
+    with pytest.raises(ValueError, match="has no phase 'train'"):
+        model.begin_phase("train")
     with pytest.raises(ValueError, match="unknown task"):
         model.set_task("zzz")
-    model.begin_mask_phase()
+    model.begin_phase("mask")
+    with pytest.raises(ValueError, match="allowed from"):
+        model.begin_phase("mask")  # phases run once, in order
     with pytest.raises(ValueError, match=r"labels for task 'a' must be in \[0, 3\)"):
         model(ids, mask, labels=labels + 5)
     model.finish_task()
     with pytest.raises(ValueError, match="no task is being learned"):
         model.finish_task()
     supsup = make("bert", method="supsup")
+    assert [p.name for p in supsup.phases()] == ["mask"] and [p.name for p in model.phases()] == ["mask", "weight"]
     supsup.add_task("a", 2)
     supsup.begin_mask_phase()
     with pytest.raises(ValueError, match="no weight phase"):
         supsup.begin_weight_phase()
+    with pytest.raises(ValueError, match="has no phase 'weight'"):
+        supsup.begin_phase("weight")
 
 
 def test_trainable_parameters_per_phase(capsys):
     model = make("bert")
     model.add_task("a", 3)
     assert model.trainable_parameters() == []
-    model.begin_mask_phase()
     layers = model.supermask_layers().values()
-    expected = {id(p) for p in model.heads["0"].parameters()} | {id(layer.scores) for layer in layers}
-    assert {id(p) for p in model.trainable_parameters()} == expected
-    model.begin_weight_phase()
-    expected = {id(p) for p in model.heads["0"].parameters()} | {id(layer.exclusive_values) for layer in layers}
-    assert {id(p) for p in model.trainable_parameters()} == expected
+    head = {id(p) for p in model.heads["0"].parameters()}
+    for phase, attr in (("mask", "scores"), ("weight", "exclusive_values")):
+        model.begin_phase(phase)
+        assert model.task_info("a").state == phase
+        own = {id(getattr(layer, attr)) for layer in layers}
+        assert {id(p) for p in model.trainable_parameters()} == head | own
+        # The phase's own groups hold exactly what it trains besides the head.
+        groups = model.parameter_groups(phase)
+        assert [settings for settings, _ in groups] == [None]
+        assert {id(p) for _, params in groups for p in params} == own
     model.print_trainable_parameters()
     assert "trainable params" in capsys.readouterr().out
     model.finish_task()
@@ -305,11 +343,22 @@ def test_discard_task_keeps_finished_ones():
     batch = random_batch()
     learn_task(model, "a", batch, 3)
     expected = logits_of(model, "a", batch)
+    model.set_task("a")
     model.add_task("b", 2)
-    model.begin_mask_phase()
+    model.begin_phase("mask")
     model.discard_task()
-    assert model.tasks == ["a"]
+    assert model.tasks == ["a"] and model.current_task == "a" and model.learning_task is None
+    assert "1" not in model.heads
+    for layer in model.supermask_layers().values():
+        assert layer.scores is None and layer.learning_task is None and layer.num_finished == 1
     assert torch.equal(logits_of(model, "a", batch), expected)
+    # Discarding gives back the task that was current before the discarded one was added, not just the last one.
+    learn_task(model, "b", random_batch(num_labels=2), 2)
+    model.set_task("a")
+    model.add_task("c", 2)
+    assert model.current_task == "c"
+    model.discard_task()
+    assert model.tasks == ["a", "b"] and model.current_task == "a"
 
 
 def test_batched_step_masks_match_per_layer_selection(arch):
@@ -324,7 +373,7 @@ def test_batched_step_masks_match_per_layer_selection(arch):
 
     model = make(arch, score_init="kaiming_uniform")
     model.add_task("a", 3)
-    model.begin_mask_phase()
+    model.begin_phase("mask")
     ids, mask, labels = random_batch()
     model.eval()  # no dropout: both passes see the same function
     model(ids, mask, labels=labels).loss.backward()
@@ -356,8 +405,14 @@ def test_task_norms_keep_old_tasks_exact(arch, method):
         assert not torch.equal(norm.task_affine(0)[1], norm.task_affine(1)[1]), f"{name}: b's norm did not train"
         assert not any(isinstance(t, torch.nn.Parameter) for t in norm.task_affine(0))
     storage = model.task_storage_bytes("b")
-    assert storage["norms"] == sum(2 * m.weight.numel() * 4 for m in norms.values())
-    assert storage["total"] == storage["mask"] + storage["values"] + storage["head"] + storage["norms"]
+    # By tensor-name prefix of the task's checkpoint tensors; supsup trains no weights, so stores no values.
+    assert set(storage) == {"head", "mask", "norm", "total"} | ({"values"} if method != "supsup" else set())
+    assert storage["norm"] == sum(2 * m.weight.numel() * 4 for m in norms.values())
+    assert storage["mask"] == sum((layer.weight.numel() + 7) // 8 for layer in model.supermask_layers().values())
+    assert storage["head"] == sum(t.numel() * 4 for t in model.heads["1"].state_dict().values())
+    if method != "supsup":
+        assert storage["values"] == 4 * sum(int(m.sum()) for m in model.exclusive_mask("b").values())
+    assert storage["total"] == sum(v for k, v in storage.items() if k != "total")
 
 
 def test_task_norms_train_in_both_phases_and_not_by_default():
@@ -365,8 +420,8 @@ def test_task_norms_train_in_both_phases_and_not_by_default():
     model = make("bert", task_norms=True)
     model.add_task("a", 3)
     norm = next(iter(model.task_norm_layers().values()))
-    for begin in (model.begin_mask_phase, model.begin_weight_phase):
-        begin()
+    for phase in ("mask", "weight"):
+        model.begin_phase(phase)
         trainable = {id(p) for p in model.trainable_parameters()}
         assert id(norm.learning_weight) in trainable and id(norm.learning_bias) in trainable
     model.discard_task()

@@ -20,8 +20,9 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from exssnet_nlp import ExSSNetConfig, ExSSNetModel
 from exssnet_nlp.kkt import KKTConfig, KKTResult, apply_transfer, knn_scores, run_kkt, select_sample
+from exssnet_nlp.methods import get_method
+from exssnet_nlp.methods.supermask import ExSSNetConfig, ExSSNetModel
 
 SEED = int(os.environ.get("KKT_TEST_SEED", "0"))
 VOCAB = 200
@@ -49,10 +50,8 @@ def make_data(seed: int, signal_lo: int, num_classes: int, noise_lo: int, p_sign
 def train_phases(model: ExSSNetModel, encodings, labels, steps: int = 60, mask_lr: float = 0.01, weight_lr: float = 0.05) -> None:
     """Mask phase then weight phase over the learning task, mini-batches of 64, Adam; leaves the task unfinished."""
     g = torch.Generator().manual_seed(SEED)
-    model.begin_mask_phase()
     for phase, lr in (("mask", mask_lr), ("weight", weight_lr)):
-        if phase == "weight":
-            model.begin_weight_phase()
+        model.begin_phase(phase)
         opt = torch.optim.Adam(model.trainable_parameters(), lr=lr)
         model.train()
         for _ in range(steps):
@@ -141,9 +140,10 @@ def test_select_sample_is_seeded_and_stratified():
 def test_best_picks_the_task_whose_data_it_is(learned):
     model, (enc_a, labels_a), _ = learned
     before = {t: model.task_mask(t) for t in ("A", "B")}
+    assert model.supports_kkt
     model.add_task("A2", A_LABELS)
     permuted = (labels_a + 1) % A_LABELS  # the same partition under other label names
-    result = run_kkt(model, enc_a, permuted, A_LABELS, KKTConfig(sample_fraction=1.0, seed=SEED))
+    result = model.knowledge_transfer(enc_a, permuted, KKTConfig(sample_fraction=1.0, seed=SEED))
     assert set(result.knn_accuracy) == {"A", "B"}
     assert result.knn_accuracy["A"] > result.knn_accuracy["B"] + 0.1, result
     assert result.sources == ["A"] and result.num_samples == NUM_EXAMPLES
@@ -249,8 +249,9 @@ def test_apply_transfer_errors(learned):
         run_kkt(model, enc_a, labels_a, 2)
     with pytest.raises(ValueError, match="added with 2 labels"):
         run_kkt(model, enc_a, labels_a, A_LABELS)
-    model.begin_mask_phase()
-    model.begin_weight_phase()
+    model.begin_phase("mask")
+    apply_transfer(model, ["A"])  # during the mask phase: still allowed
+    model.begin_phase("weight")
     with pytest.raises(ValueError, match="before the weight phase"):
         apply_transfer(model, ["A"])
 
@@ -313,19 +314,37 @@ def test_too_few_examples_skips_with_a_warning(learned, caplog):
 def test_knn_scores_restore_mode_and_task(learned, caplog):
     model, (enc_a, labels_a), _ = learned
     model.add_task("C", A_LABELS)
-    model.set_task("B")
+    model.set_task("A")
+    ids, mask = enc_a["input_ids"][:8], enc_a["attention_mask"][:8]
+    model.eval()
+    with torch.no_grad():
+        before = model(ids, mask).logits  # the current task, A
     model.train()
-    layers = list(model.supermask_layers().values())
-    for layer in layers:
-        layer.active_task = 1
     scores = knn_scores(model, {k: v[:120] for k, v in enc_a.items()}, labels_a[:120], KKTConfig(seed=SEED))
     assert set(scores) == {"A", "B"} and all(0.0 <= s <= 1.0 for s in scores.values())
-    assert model.training and model.current_task == "B" and all(layer.active_task == 1 for layer in layers)
+    assert model.training and model.current_task == "A"
+    model.eval()
+    with torch.no_grad():  # B was embedded last; the default forward still computes A's function
+        assert torch.equal(model(ids, mask).logits, before)
     assert knn_scores(model, enc_a, labels_a, KKTConfig(seed=SEED), tasks=["B"]).keys() == {"B"}
     as_lists = {k: v[:120].tolist() for k, v in enc_a.items()}  # e.g. a padded `datasets` column
     assert knn_scores(model, as_lists, labels_a[:120].tolist(), KKTConfig(seed=SEED)) == scores
     with pytest.raises(ValueError, match="not finished"):
         knn_scores(model, enc_a, labels_a, tasks=["C"])
+
+
+def test_apply_transfer_is_the_models_start_from_tasks(learned):
+    model, _, _ = learned
+    twin = copy.deepcopy(model)
+    for m in (model, twin):
+        m.add_task("C", 2)
+    apply_transfer(model, ["A", "B"], [1.0, 1.0], torch.Generator().manual_seed(5))
+    twin.start_from_tasks(["A", "B"], [1.0, 1.0], torch.Generator().manual_seed(5))
+    assert masks_equal(model.task_mask("C"), twin.task_mask("C"))
+    for name, layer in model.supermask_layers().items():
+        assert torch.equal(layer.scores, twin.supermask_layers()[name].scores), name
+    # A method that can't transfer says so: the dense baselines have no masks to start from.
+    assert not get_method("finetune").model_class.supports_kkt
 
 
 def test_transfer_copies_the_heaviest_sources_norms():

