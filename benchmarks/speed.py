@@ -349,7 +349,8 @@ def run_memory_children(args: argparse.Namespace, device: torch.device) -> dict[
 
 
 def task_storage(model: ExSSNetModel, density: float) -> dict[str, Any]:
-    """Bytes each finished task holds (packed masks + head), and what an ideal encoding of its masks would need."""
+    """Bytes each finished task holds in memory (packed masks + head), what an ideal encoding of its masks would need,
+    and what each task adds to a checkpoint (`task_storage_bytes`: also the weight values it owns)."""
     layers = list(model.supermask_layers().values())
     layer_weights = sum(layer.weight.numel() for layer in layers)
     kept = sum(layer.k for layer in layers)
@@ -378,6 +379,9 @@ def task_storage(model: ExSSNetModel, density: float) -> dict[str, Any]:
         "ideal_mask_bits_per_masked_weight": {"entropy_floor": entropy_bits / kept, "elias_fano": elias_fano_bits / kept,
                                               "bitmap": first["mask_bytes"] * 8 / kept},
         "active_task_weight_cache_bytes": cache_bytes,
+        # What each task adds to a checkpoint (the method contract): packed masks, the values it owns, its head.
+        "checkpoint_bytes_per_task": {name: model.task_storage_bytes(name) for name in model.finished_tasks},
+        "checkpoint_shared_bytes": model.shared_storage_bytes(),
     }
 
 
