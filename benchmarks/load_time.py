@@ -277,11 +277,9 @@ def main_parent(args: argparse.Namespace) -> None:
     if args.output:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, out)
+        from exssnet_nlp.io import write_json_atomic  # the parent process runs the new code
+
+        write_json_atomic(out, result, indent=1)
         log(f"wrote {out}")
     print(table(result))
 

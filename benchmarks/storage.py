@@ -42,6 +42,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # runs from a bare checkout too
 
 from exssnet_nlp import get_method, method_names  # noqa: E402
+from exssnet_nlp.io import write_json_atomic  # noqa: E402
 from exssnet_nlp.training.arguments import resolve_model_path  # noqa: E402
 
 TASKS = (("task_0", 3), ("task_1", 3))
@@ -170,11 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             log(f"{name}: {r['task_bytes']} per task, shared {r['shared_bytes']:,d}, files {r['files']} ({r['seconds']:.1f}s)")
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
-    os.replace(tmp_path, out)
+    write_json_atomic(out, result, indent=1)
     log(f"wrote {out}")
     print(table(result))
 
