@@ -80,6 +80,12 @@ def test_refuses_finished_output_dir(tiny_model_dir, tasks, tmp_path):
         ContinualTrainer(build_model(args), args, tasks[:1])
     args.overwrite_output_dir = True
     ContinualTrainer(build_model(args), args, tasks[:1]).train()
+    # An overwriting run that crashes leaves no stale results behind, so re-running it resumes.
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        ContinualTrainer(build_model(args), args, tasks, callbacks=[CrashAfterFirstTask()]).train()
+    assert not (tmp_path / "done" / "results.json").exists()
+    args.overwrite_output_dir = False
+    assert ContinualTrainer(build_model(args), args, tasks).train()["tasks"] == ["topic", "sentiment"]
 
 
 def test_bad_input_fails_before_training(tiny_model_dir, tasks, tmp_path):

@@ -213,6 +213,9 @@ class ContinualTrainer:
     def train(self) -> dict[str, Any]:
         """Learn every task in order; returns (and writes) the results."""
         acc = self.accelerator
+        if self.args.overwrite_output_dir and acc.is_main_process:
+            # The old run's results go now: left beside a new partial run, they would make its resume refuse.
+            (self.output_dir / RESULTS_FILE).unlink(missing_ok=True)
         self._maybe_resume()
         self.model.to(acc.device)
         self._train_sets = [self._tokenize(d, "train") for d in self.task_data]
