@@ -274,8 +274,8 @@ class ExSSNetModel(ContinualModel):
         Per-layer selection is ~13 small kernel launches per layer; on a GPU the launches, not the math,
         bound the step (measured on an H100: mask step 1.86x dense per layer, 1.21x batched).
         """
-        training = [layer for layer in self.supermask_layers().values()
-                    if layer.phase == MASK_PHASE and layer.active_task == layer.learning_task
+        training = [layer for layer in self._layer_list()  # cached: no module walk per training step
+                    if isinstance(layer, SupermaskLinear) and layer.phase == MASK_PHASE and layer.active_task == layer.learning_task
                     and layer.scores is not None and layer.scores.requires_grad]
         groups: dict[tuple, list[SupermaskLinear]] = {}
         for layer in training:
