@@ -212,3 +212,23 @@ def test_osf_refuses_bad_config():
     assert (config.effective_rank, config.rank_increment) == (4, 0.0)
     assert [config.preserved_rank(i, 32) for i in (0, 5)] == [4, 4]
     assert [OSFMethodConfig(effective_rank=30, rank_increment=2).preserved_rank(i, 32) for i in range(3)] == [30, 31, 31]
+
+
+def test_osf_checkpoint_without_its_ranks_is_refused(tmp_path):
+    """The ranks a task kept frozen come back from its metadata; a config JSON without them is refused, not guessed."""
+    import json
+
+    model = get_method("osf").build(tiny_encoder("bert"))
+    model.add_task("A", 3)
+    model.begin_phase("train")
+    train_steps(model, random_batch(), 1)
+    model.finish_task()
+    model.save_pretrained(str(tmp_path / "ckpt"))
+    loaded = load_pretrained(str(tmp_path / "ckpt"), encoder=tiny_encoder("bert"))
+    assert loaded.task_metadata("A") == model.task_metadata("A")
+    path = tmp_path / "ckpt" / "exssnet_config.json"
+    data = json.loads(path.read_text())
+    data["tasks"][0]["metadata"] = {}
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="OSF ranks"):
+        load_pretrained(str(tmp_path / "ckpt"), encoder=tiny_encoder("bert"))

@@ -218,6 +218,9 @@ class ContinualModel(TaskRegistry, nn.Module):
         if tensors:
             raise ValueError(f"{file_name}: unexpected tensors {sorted(tensors)[:4]} for method {self.method!r}.")
 
+    def _install_task_metadata(self, index: int, metadata: dict[str, Any], file_name: str) -> None:
+        """Take back what `task_metadata` gave for new finished task `index` (before its tensors are installed)."""
+
     # --- checkpoints -----------------------------------------------------------------------------
     def task_state(self, task: str) -> dict[str, torch.Tensor]:
         """Everything finished `task` contributes to a checkpoint: its head (`head.*`) and method tensors."""
@@ -243,6 +246,7 @@ class ContinualModel(TaskRegistry, nn.Module):
             head_tensors = {k[len(HEAD_PREFIX):]: v for k, v in tensors.items() if k.startswith(HEAD_PREFIX)}
             load_into_buffers(head, head_tensors, f"{file_name} (head of task {name!r})")
             self.heads[str(index)] = head
+            self._install_task_metadata(index, dict(metadata or {}), file_name)
             self._install_task_tensors(index, {k: v for k, v in tensors.items() if not k.startswith(HEAD_PREFIX)}, file_name)
         except BaseException:
             if str(index) in self.heads:

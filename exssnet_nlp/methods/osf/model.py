@@ -158,16 +158,12 @@ class OSFContinualModel(ContinualModel):
         """The singular directions the task kept frozen while it learned, per targeted weight shape."""
         return {"effective_rank": dict(self._task_ranks[self.task_infos[self.task_index(task)].name])}
 
-    def install_task(self, name: str, num_labels: int, label_names: list[str] | None, tensors: dict[str, torch.Tensor],
-                     metadata: dict[str, Any] | None = None, file_name: str = "task file") -> None:
-        super().install_task(name, num_labels, label_names, tensors, metadata, file_name)
-        # The base contract hands metadata to install_task only (not to _install_task_tensors): keep the ranks here.
-        index = self.task_index(name)
-        ranks = (metadata or {}).get("effective_rank")
-        if isinstance(ranks, dict) and all(isinstance(k, str) and isinstance(v, int) for k, v in ranks.items()):
-            self._task_ranks[name] = dict(ranks)
-        else:
-            self._task_ranks[name] = self._ranks_by_shape(index)
+    def _install_task_metadata(self, index: int, metadata: dict[str, Any], file_name: str) -> None:
+        ranks = metadata.get("effective_rank")
+        if not (isinstance(ranks, dict) and all(isinstance(k, str) and isinstance(v, int) for k, v in ranks.items())):
+            raise ValueError(f"{file_name}: the task's metadata lacks its OSF ranks ('effective_rank': {{shape: int}}); "
+                             "the checkpoint's config JSON is corrupt or was saved by another method.")
+        self._task_ranks[self.task_infos[index].name] = dict(ranks)
 
     def capacity(self) -> dict[str, dict[str, float]]:
         """Per targeted layer: the fraction of its singular directions the next task will keep frozen (`used`), and the rest."""

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from ...targets import TARGET_MODULES_HELP, normalise_target_modules, resolve_target_modules
-from ..base import MethodConfig
+from ..config import MethodConfig, check_choice
 
 METHODS = ("exssnet", "ssnet", "supsup")
 SCORE_INITS = ("kaiming_uniform", "magnitude", "uniform")
 WEIGHT_INITS = ("pretrained", "signed_constant")
 TOPK_METHODS = ("auto", "topk", "kthvalue", "sort")
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"ExSSNetConfig.{name}={value!r} is not valid; allowed values: {', '.join(allowed)}.")
 
 
 @dataclass
@@ -59,10 +54,10 @@ class ExSSNetConfig(MethodConfig):
         if not 0.0 < density <= 1.0:
             raise ValueError(f"ExSSNetConfig.density={self.density!r} is out of range; use a value with 0 < density <= 1 (e.g. 0.1).")
         self.density = density
-        _check_choice("method", self.method, self.allowed_methods)
-        _check_choice("score_init", self.score_init, SCORE_INITS)
-        _check_choice("weight_init", self.weight_init, WEIGHT_INITS)
-        _check_choice("topk_method", self.topk_method, TOPK_METHODS)
+        check_choice(type(self).__name__, "method", self.method, self.allowed_methods)
+        check_choice(type(self).__name__, "score_init", self.score_init, SCORE_INITS)
+        check_choice(type(self).__name__, "weight_init", self.weight_init, WEIGHT_INITS)
+        check_choice(type(self).__name__, "topk_method", self.topk_method, TOPK_METHODS)
         try:
             scale = float(self.reuse_score_scale)
         except (TypeError, ValueError):
