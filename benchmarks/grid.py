@@ -1,0 +1,243 @@
+"""The evidence grid: every method, density and seed on the five WebNLP tasks, one JSON per run.
+
+One command per budget. Each cell (method, density, seed, variant) is one `run_training` in its own
+output_dir, and its result is written to `benchmarks/results/grid_<budget>/<cell>.json` when it ends;
+a cell whose JSON exists is skipped, so the grid completes across sessions and lanes:
+
+    python benchmarks/grid.py --budget cpu                      # every cell, decisive ones first
+    python benchmarks/grid.py --budget cpu --lane 0/2 --threads 1 & python benchmarks/grid.py --budget cpu --lane 1/2 --threads 1
+    python benchmarks/grid.py --budget cpu --only decisive      # the cells the goals rest on
+    python benchmarks/grid.py --budget gpu --data-root /tmp/webnlp --model .devbundle/minilm
+    python benchmarks/grid.py --budget cpu --report             # table (mean +- std over seeds) + frontier.png
+
+`--variant NAME` runs a hypothesis (a set of overrides, see VARIANTS) as extra rows of the same table.
+Flags this script does not know go to the config as overrides, as in `accuracy.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+for path in (ROOT, ROOT / "benchmarks"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import accuracy  # noqa: E402  (after the path set-up: the sibling script)
+
+SEEDS = (42, 43, 44)
+DENSITIES = (0.05, 0.1, 0.3, 0.5)
+# Settings per budget, on top of configs/webnlp_local.yaml (paper order, MiniLM, mean pooling, ffn masked, 2 + 2 epochs).
+BUDGETS: dict[str, dict[str, Any]] = {
+    "cpu": {"train_samples_per_class": "100", "overrides": [
+        "--max_length", "64", "--eval_samples_per_class", "100", "--weight_learning_rate", "1e-3",
+        "--dense_learning_rate", "5e-5", "--osf_learning_rate", "5e-5"], "evaluations_per_phase": 2},
+    "gpu": {"train_samples_per_class": "all", "overrides": [
+        "--max_length", "128", "--eval_samples_per_class", "100", "--weight_learning_rate", "1e-3",
+        "--dense_learning_rate", "5e-5", "--osf_learning_rate", "5e-5"], "evaluations_per_phase": 4},
+    # Minutes, not hours: checks the runner end to end (numbers meaningless).
+    "smoke": {"train_samples_per_class": "4", "overrides": [
+        "--max_length", "32", "--eval_samples_per_class", "4", "--validation_samples_per_class", "2",
+        "--mask_epochs", "1", "--weight_epochs", "1"], "evaluations_per_phase": 1},
+}
+# Hypotheses of the gap study: each changes one thing and adds rows `<method>[<variant>]`.
+VARIANTS: dict[str, list[str]] = {
+    "kaiming": ["--score_init", "kaiming_uniform"],
+    "epochs4": ["--mask_epochs", "4"],
+}
+DECISIVE = [("exssnet", 0.1), ("supsup", 0.1), ("lora", None), ("independent", None), ("finetune", None)]
+
+
+def log(msg: str) -> None:
+    print(f"[grid {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def cell_name(method: str, density: float | None, seed: int, variant: str | None) -> str:
+    name = method.replace("+", "_") + ("" if density is None else f"_d{density:g}") + f"_s{seed}"
+    return name + (f"__{variant}" if variant else "")
+
+
+def cells(only: str, methods: list[str] | None, densities: list[float], seeds: list[int]) -> list[tuple[str, float | None, int]]:
+    """(method, density, seed) in run order: the decisive cells first (each at every seed), then the rest."""
+    if only == "decisive":
+        first = list(DECISIVE)
+    else:
+        first = [c for c in DECISIVE if methods is None or c[0] in methods]
+    rest = [c for c in accuracy.grid(methods or accuracy.all_methods(), densities) if c not in first]
+    out = [(m, d, s) for m, d in first for s in seeds]
+    if only != "decisive":
+        out += [(m, d, s) for m, d in rest for s in seeds]
+    return out
+
+
+def run_cell(opts: argparse.Namespace, extra: list[str], method: str, density: float | None, seed: int) -> dict[str, Any]:
+    budget = BUDGETS[opts.budget]
+    name = cell_name(method, density, seed, opts.variant)
+    ns = argparse.Namespace(runs_dir=str(Path(opts.runs_dir) / name), model=opts.model, data_root=opts.data_root,
+                            mixed_precision=opts.mixed_precision, evaluations_per_phase=budget["evaluations_per_phase"],
+                            save_checkpoints=False, train_samples_per_class=budget["train_samples_per_class"],
+                            config=opts.config)
+    overrides = budget["overrides"] + VARIANTS.get(opts.variant or "", []) + list(extra) + ["--seed", str(seed)]
+    run = accuracy.run_one(ns, overrides, method, density)
+    run.update(seed=seed, variant=opts.variant, budget=opts.budget, overrides=overrides,
+               machine=accuracy.machine_info(), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return run
+
+
+# --- the report --------------------------------------------------------------------------------
+def row_key(run: dict[str, Any]) -> str:
+    key = accuracy.run_key(run["method"], run["density"])
+    return key + (f" [{run['variant']}]" if run.get("variant") else "")
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (method, density, variant): mean and sample std over its seeds."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault(row_key(run), []).append(run)
+    order = accuracy.all_methods()
+    rows = []
+    for key, group in groups.items():
+        first = group[0]
+        n_tasks = len(first["tasks"])
+        row: dict[str, Any] = {"key": key, "method": first["method"], "density": first["density"],
+                               "variant": first.get("variant"), "seeds": sorted(r["seed"] for r in group)}
+        for metric in ("average_accuracy", "bwt", "forgetting", "fwt"):
+            row[metric], row[metric + "_std"] = _mean_std([r[metric] for r in group])
+        row["bytes_per_task"], row["bytes_per_task_std"] = _mean_std([r["stored_bytes"] / n_tasks for r in group])
+        row["wall_per_task"], _ = _mean_std([r["wall_seconds"] / n_tasks for r in group])
+        row["machines"] = sorted({r.get("machine", {}).get("device", "?") for r in group})
+        rows.append(row)
+    rows.sort(key=lambda r: (order.index(r["method"]) if r["method"] in order else len(order),
+                             r["density"] or 0.0, r["variant"] or ""))
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| method | density | seeds | avg acc % (mean +- std) | BWT % | forgetting % | FWT % | stored MB per task "
+             "| wall s per task |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        density = "-" if r["density"] is None else f"{r['density']:g}"
+        name = r["method"] + (f" [{r['variant']}]" if r["variant"] else "")
+        lines.append(
+            f"| {name} | {density} | {len(r['seeds'])} | {100 * r['average_accuracy']:.2f} +- "
+            f"{100 * r['average_accuracy_std']:.2f} | {100 * r['bwt']:.2f} | {100 * r['forgetting']:.2f} | "
+            f"{100 * r['fwt']:.2f} | {r['bytes_per_task'] / 1e6:.3f} | {r['wall_per_task']:.1f} |")
+    return "\n".join(lines)
+
+
+def frontier(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Average accuracy against stored bytes per task (log x), one point per row, error bars over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for r in rows:
+        label = r["key"] + f" (n={len(r['seeds'])})"
+        ax.errorbar(r["bytes_per_task"], 100 * r["average_accuracy"], yerr=100 * r["average_accuracy_std"],
+                    fmt="o", capsize=3, label=label)
+        ax.annotate(r["key"], (r["bytes_per_task"], 100 * r["average_accuracy"]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("stored bytes per task (log scale; the shared pretrained encoder not counted)")
+    ax.set_ylabel("average accuracy after the last task, % (mean +- std over seeds)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=130)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def report(results_dir: Path, plot: Path | None) -> str:
+    runs = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json")) if p.name != "summary.json"]
+    if not runs:
+        return f"no results in {results_dir}"
+    rows = aggregate(runs)
+    machines = sorted({m for r in rows for m in r["machines"]})
+    accuracy.write_json(results_dir / "summary.json", {"rows": rows, "machines": machines})
+    if plot is not None:
+        frontier(rows, plot, f"WebNLP, 5 tasks, MiniLM-L6 ({results_dir.name}); {'; '.join(machines)}")
+    return f"Machines: {'; '.join(machines)}\n\n" + table(rows)
+
+
+# --- main ----------------------------------------------------------------------------------------
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu", help="settings preset (see BUDGETS)")
+    parser.add_argument("--config", default="configs/webnlp_local.yaml")
+    parser.add_argument("--methods", default=None, help="comma list (default: every method, + exssnet+kkt)")
+    parser.add_argument("--densities", default=",".join(f"{d:g}" for d in DENSITIES))
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument("--only", choices=["all", "decisive"], default="all",
+                        help="decisive: only the cells the goals rest on (exssnet/supsup @0.1, lora, independent, finetune)")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default=None, help="a hypothesis: extra rows")
+    parser.add_argument("--lane", default="0/1", help="i/n: run every n-th cell starting at i (parallel processes)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 for side-by-side lanes)")
+    parser.add_argument("--max-runs", type=int, default=None, help="stop after this many runs")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+    parser.add_argument("--results-dir", default=None, help="default: benchmarks/results/grid_<budget>")
+    parser.add_argument("--runs-dir", default=None, help="default: runs/grid_<budget>")
+    parser.add_argument("--report", action="store_true", help="aggregate the results dir, write frontier.png, exit")
+    opts, extra = parser.parse_known_args(argv)
+    opts.results_dir = Path(opts.results_dir or f"benchmarks/results/grid_{opts.budget}")
+    opts.runs_dir = opts.runs_dir or f"runs/grid_{opts.budget}"
+    return opts, extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts, extra = parse(argv)
+    if opts.report:
+        print(report(opts.results_dir, opts.results_dir.parent / f"frontier_{opts.budget}.png"))
+        return 0
+    if opts.threads:
+        import torch
+
+        torch.set_num_threads(opts.threads)
+    lane, lanes = (int(x) for x in opts.lane.split("/"))
+    methods = [m.strip() for m in opts.methods.split(",")] if opts.methods else None
+    todo = cells(opts.only, methods, [float(d) for d in opts.densities.split(",")],
+                 [int(s) for s in opts.seeds.split(",")])
+    todo = [c for i, c in enumerate(todo) if i % lanes == lane]
+    opts.results_dir.mkdir(parents=True, exist_ok=True)
+    done = 0
+    for method, density, seed in todo:
+        path = opts.results_dir / (cell_name(method, density, seed, opts.variant) + ".json")
+        if path.exists():
+            continue
+        if opts.max_runs is not None and done >= opts.max_runs:
+            break
+        log(f"start {path.stem}")
+        run = run_cell(opts, extra, method, density, seed)
+        accuracy.write_json(path, run)
+        done += 1
+        log(f"done {path.stem}: avg {100 * run['average_accuracy']:.2f} bwt {100 * run['bwt']:.2f} "
+            f"wall {run['wall_seconds']:.0f}s")
+    print(report(opts.results_dir, opts.results_dir.parent / f"frontier_{opts.budget}.png"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
