@@ -38,6 +38,7 @@ from safetensors.torch import save as safetensors_save
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from .io import atomic_directory, json_bytes, write_bytes_atomic
+from .references import portable_reference, resolve_reference
 from .tasks import FINISHED
 
 logger = logging.getLogger(__name__)
@@ -48,8 +49,32 @@ BASE_WEIGHTS_NAME = "base_model.safetensors"
 SHARED_WEIGHTS_NAME = "shared.safetensors"
 MODEL_CARD_NAME = "README.md"
 TASK_FILE_RE = re.compile(r"task_\d{3,}\.safetensors")
+# What `tokenizer.save_pretrained` writes: saved beside the config so that a checkpoint serves text on its own.
+TOKENIZER_FILE_RE = re.compile(
+    r"tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json|added_tokens\.json|chat_template\.(jinja|json)"
+    r"|vocab\.(txt|json)|merges\.txt|spiece\.model|sentencepiece\.bpe\.model|tokenizer\.model")
 FINGERPRINT_DEFINITION = ("sha256 over the pristine encoder's state tensors in sorted name order, each preceded by "
                           "'name|dtype|shape', taken before any task changed a weight.")
+
+
+CONFIG_DIGEST_KEY = "config_sha256"
+
+
+def config_digest(data: dict[str, Any]) -> str:
+    """sha256 of the config's canonical JSON (sorted keys, no spaces), its own digest entry left out."""
+    body = {k: v for k, v in data.items() if k != CONFIG_DIGEST_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+
+
+def seal_config(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with its digest entry set: the config `save_model` writes."""
+    data[CONFIG_DIGEST_KEY] = config_digest(data)
+    return data
+
+
+def is_tensor_file_name(name: Any) -> bool:
+    """A file name a checkpoint may list: ours, plain (no directory part), never a path outside the checkpoint."""
+    return isinstance(name, str) and (name in (BASE_WEIGHTS_NAME, SHARED_WEIGHTS_NAME) or bool(TASK_FILE_RE.fullmatch(name)))
 
 
 def task_file_name(index: int) -> str:
@@ -86,7 +111,7 @@ def _is_checkpoint_dir(path: Path) -> bool:
     """Only our own files: safe to replace wholesale (never wipe a directory holding anything else)."""
     names = {p.name for p in path.iterdir()}
     ours = {CONFIG_NAME, BASE_WEIGHTS_NAME, SHARED_WEIGHTS_NAME, MODEL_CARD_NAME}
-    return CONFIG_NAME in names and all(n in ours or TASK_FILE_RE.fullmatch(n) for n in names)
+    return CONFIG_NAME in names and all(n in ours or TASK_FILE_RE.fullmatch(n) or TOKENIZER_FILE_RE.fullmatch(n) for n in names)
 
 
 def is_local_dir(reference: str | None) -> bool:
@@ -95,19 +120,18 @@ def is_local_dir(reference: str | None) -> bool:
 
 def _encoder_record(model: Any, include_base: bool) -> dict[str, Any]:
     encoder = model.encoder
-    reference = model.base_model_name_or_path
-    if is_local_dir(reference):
-        reference = str(Path(reference).expanduser().absolute())  # a relative path would break from another cwd
+    # The reference the user gave (Hub id, `pkg:MODULE`, path), never a path inside this environment.
+    reference = portable_reference(getattr(model, "encoder_reference", None) or model.base_model_name_or_path)
     has_pooler = getattr(encoder, "pooler", False)
     return {
         "name_or_path": reference,
         "revision": getattr(encoder.config, "_commit_hash", None),
         "model_type": model.model_type,
         "class": type(encoder).__name__,
-        "dtype": str(next(encoder.parameters()).dtype).removeprefix("torch."),
+        "dtype": str(next(t for t in encoder.state_dict().values() if t.is_floating_point()).dtype).removeprefix("torch."),
         # BERT-like encoders built with add_pooling_layer=False must be rebuilt the same way.
         "add_pooling_layer": None if has_pooler is False else has_pooler is not None,
-        "config": json.loads(encoder.config.to_json_string(use_diff=False)),
+        "config": {**json.loads(encoder.config.to_json_string(use_diff=False)), "_name_or_path": reference or ""},
         "base_weights_included": include_base,
     }
 
@@ -146,16 +170,20 @@ def save_model(model: Any, save_directory: str | os.PathLike, include_base: bool
         blobs[SHARED_WEIGHTS_NAME] = _safetensors_bytes(shared)
     if include_base:
         blobs[BASE_WEIGHTS_NAME] = _safetensors_bytes(model.base_state())
+    serving = getattr(model, "serving_info", {})
     tasks = [{"name": info.name, "num_labels": info.num_labels, "label_names": list(info.label_names),
-              "file": task_file_name(i), "metadata": _json_safe(model.task_metadata(info.name), "task_metadata")}
+              "file": task_file_name(i), "metadata": _json_safe(model.task_metadata(info.name), "task_metadata"),
+              "serving": _json_safe(serving.get(info.name), "serving_info")}
              for i, info in enumerate(finished)]
+    tokenizer = getattr(model, "tokenizer", None)
 
     def write(tmp: Path) -> None:
         files: dict[str, dict[str, Any]] = {}
         for name, data in blobs.items():
             _write_file(tmp, name, data, files)
+        tokenizer_files = _save_tokenizer(tokenizer, tmp) if tokenizer is not None else None
         # Written last: a directory without it is never mistaken for a checkpoint.
-        write_bytes_atomic(tmp / CONFIG_NAME, json_bytes({
+        write_bytes_atomic(tmp / CONFIG_NAME, json_bytes(seal_config({
             "format_version": FORMAT_VERSION,
             "library": "exssnet-nlp",
             "method": model.method,
@@ -166,11 +194,47 @@ def save_model(model: Any, save_directory: str | os.PathLike, include_base: bool
             "base_weights": BASE_WEIGHTS_NAME if include_base else None,
             "shared_weights": SHARED_WEIGHTS_NAME if shared else None,
             "files": files,
+            "tokenizer": {"files": tokenizer_files} if tokenizer_files else None,
             "trainer_state": trainer_json,
             "extra_state": extra_json,
-        }))
+        })))
 
     return atomic_directory(save_directory, write, _is_checkpoint_dir, "exssnet-nlp checkpoint")
+
+
+def _save_tokenizer(tokenizer: Any, directory: Path) -> dict[str, dict[str, Any]]:
+    """Save `tokenizer` beside the config; the sha256 and size of each file it wrote."""
+    before = {p.name for p in directory.iterdir()}
+    tokenizer.save_pretrained(str(directory))
+    files = {}
+    for path in sorted(directory.iterdir()):
+        if path.name in before:
+            continue
+        if not (path.is_file() and TOKENIZER_FILE_RE.fullmatch(path.name)):
+            raise ValueError(f"tokenizer.save_pretrained wrote {path.name!r}, which a checkpoint does not hold; save the "
+                             "tokenizer yourself beside the checkpoint, or set model.tokenizer = None.")
+        data = path.read_bytes()
+        files[path.name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    return files
+
+
+def load_tokenizer(directory: Path, record: dict[str, Any] | None) -> Any:
+    """The tokenizer saved beside the config (checked against its recorded sha256 and size), or None."""
+    files = (record or {}).get("files") or {}
+    if not files:
+        return None
+    for name, expected in files.items():
+        path = directory / name
+        if not TOKENIZER_FILE_RE.fullmatch(name) or not path.is_file():
+            raise ValueError(f"checkpoint {directory} is missing its tokenizer file {name} (listed in {CONFIG_NAME}); "
+                             "copy or download the whole directory again.")
+        data = path.read_bytes()
+        if len(data) != expected.get("size") or hashlib.sha256(data).hexdigest() != expected.get("sha256"):
+            raise ValueError(f"{path} does not match the size and sha256 recorded in {CONFIG_NAME}: the tokenizer file "
+                             "is corrupt or was replaced. Copy or download the checkpoint again.")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(directory))
 
 
 # --- read ------------------------------------------------------------------------------------------
@@ -183,7 +247,7 @@ def resolve_checkpoint(path_or_repo_id: str | os.PathLike, revision: str | None 
 
     try:
         local = snapshot_download(repo_id=str(path_or_repo_id), revision=revision,
-                                  allow_patterns=["*.json", "*.safetensors", "*.md"])
+                                  allow_patterns=["*.json", "*.safetensors", "*.md", "*.txt", "*.model", "*.jinja"])
     except Exception as err:  # invalid id, offline without cache, missing repo: one message for all
         raise ValueError(f"{path_or_repo_id!r} is not a local checkpoint directory and could not be fetched from the "
                          f"Hugging Face Hub ({type(err).__name__}: {err}). Check the path or the repo id/revision, "
@@ -205,10 +269,33 @@ def read_config(directory: Path) -> dict[str, Any]:
     if version != FORMAT_VERSION:
         raise ValueError(f"{path} has format_version={version!r}; this exssnet-nlp reads format {FORMAT_VERSION} "
                          "(format 1 was written by exssnet-nlp 0.1: load it with that version, or train again).")
-    for key in ("method", "method_config", "tasks", "encoder", "base_fingerprint", "files"):
+    for key in ("method", "method_config", "tasks", "encoder", "base_fingerprint", "files", CONFIG_DIGEST_KEY):
         if key not in data:
             raise ValueError(f"{path} lacks the {key!r} entry; the checkpoint is incomplete: save it again.")
+    # Every setting changes predictions (pooling, labels, method...): an edited config is refused like a corrupt file.
+    if data[CONFIG_DIGEST_KEY] != config_digest(data):
+        raise ValueError(f"{path} does not match its {CONFIG_DIGEST_KEY}: the config was edited or is corrupt. Copy or "
+                         "download the checkpoint again; to change settings, load the model and save it again.")
+    _check_file_list(path, data)
     return data
+
+
+def _check_file_list(path: Path, data: dict[str, Any]) -> None:
+    """Every tensor file the config names is a plain name of ours with a recorded size and sha256."""
+    files, tasks = data["files"], data["tasks"]
+    if not isinstance(files, dict) or not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+        raise ValueError(f"{path}: `files` must be a mapping and `tasks` a list of mappings; the checkpoint is corrupt.")
+    named = [t.get("file") for t in tasks] + [data.get(k) for k in ("shared_weights", "base_weights") if data.get(k)]
+    for name in [*named, *files]:
+        if not is_tensor_file_name(name):
+            raise ValueError(f"{path} names the file {name!r}, which is not a tensor file of a checkpoint "
+                             "(task_NNN.safetensors, shared.safetensors or base_model.safetensors inside its directory); "
+                             "the checkpoint is corrupt or unsafe: do not load it.")
+    for name in named:
+        entry = files.get(name)
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("size"), int)):
+            raise ValueError(f"{path}: `files` has no size and sha256 for {name}; the checkpoint is incomplete or was "
+                             "edited: copy or download it again.")
 
 
 def read_checkpoint_config(path_or_repo_id: str | os.PathLike, revision: str | None = None) -> dict[str, Any]:
@@ -223,22 +310,44 @@ def read_extra_state(path_or_repo_id: str | os.PathLike, revision: str | None = 
 
 def read_tensor_file(directory: Path, name: str, files: dict[str, Any]) -> dict[str, torch.Tensor]:
     """A tensor file of the checkpoint, checked against the size and sha256 its config records."""
+    if not is_tensor_file_name(name) or not isinstance(files.get(name), dict):
+        raise ValueError(f"checkpoint {directory}: {name!r} is not a tensor file its config lists; the checkpoint is "
+                         "corrupt or unsafe: do not load it.")
     path = directory / name
     if not path.is_file():
         raise ValueError(f"checkpoint {directory} is missing {name} (listed in {CONFIG_NAME}); the checkpoint is "
                          "incomplete: copy or download the whole directory again.")
+    expected = files[name]
+    size = path.stat().st_size  # checked before reading: a huge file is never loaded into memory
+    if size != expected.get("size"):
+        raise ValueError(f"{path} has {size} bytes but {expected.get('size')} were saved: the file is truncated or "
+                         "corrupt. Copy or download the checkpoint again.")
     data = path.read_bytes()
-    expected = files.get(name) or {}
-    if "size" in expected and len(data) != expected["size"]:
+    if len(data) != expected.get("size"):
         raise ValueError(f"{path} has {len(data)} bytes but {expected['size']} were saved: the file is truncated or "
                          "corrupt. Copy or download the checkpoint again.")
-    if "sha256" in expected and hashlib.sha256(data).hexdigest() != expected["sha256"]:
+    if hashlib.sha256(data).hexdigest() != expected.get("sha256"):
         raise ValueError(f"{path} does not match the sha256 recorded in {CONFIG_NAME}: the file is corrupt or was "
                          "replaced. Copy or download the checkpoint again.")
     try:
         return safetensors_load(data)
     except Exception as err:
         raise ValueError(f"{path} is not a readable safetensors file ({err}); copy or download the checkpoint again.") from None
+
+
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers)\.(\d+)\.")
+_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layers", "num_layers")
+
+
+def _check_layer_count(cfg: dict[str, Any], state: dict[str, torch.Tensor], base_file: str) -> None:
+    """The config's layer count must be the number of layers the stored weights hold (built before any check else)."""
+    indices = [int(m.group(1)) for k in state for m in [_LAYER_INDEX.search(k)] if m]
+    present = max(indices) + 1 if indices else 0
+    for key in _LAYER_COUNT_KEYS:
+        value = cfg.get(key)
+        if value is not None and (not isinstance(value, int) or value != present):
+            raise ValueError(f"the checkpoint's encoder config says {key}={value!r} but {base_file} holds {present} "
+                             "layers; the checkpoint is corrupt or unsafe: do not load it.")
 
 
 def build_encoder(record: dict[str, Any], directory: Path, base_file: str | None, files: dict[str, Any]) -> tuple[PreTrainedModel, bool]:
@@ -249,9 +358,19 @@ def build_encoder(record: dict[str, Any], directory: Path, base_file: str | None
         cfg_dict = dict(record["config"])
         model_type = cfg_dict.pop("model_type", record.get("model_type"))
         cfg_dict.pop("_name_or_path", None)  # rebuilt in memory: a later save must store the weights again
-        config = AutoConfig.for_model(model_type, **cfg_dict)
-        built = AutoModel.from_config(config, **kwargs).to(dtype)
         state = read_tensor_file(directory, base_file, files)
+        _check_layer_count(cfg_dict, state, base_file)
+        try:
+            config = AutoConfig.for_model(model_type, **cfg_dict)
+            with torch.device("meta"):  # shapes first, without memory: an untrusted config may claim anything
+                shapes = {k: tuple(v.shape) for k, v in AutoModel.from_config(config, **kwargs).state_dict().items()}
+        except (ValueError, TypeError, KeyError) as err:
+            raise ValueError(f"the checkpoint's encoder config cannot build a model ({err}); the checkpoint is corrupt.") from None
+        wrong = [k for k, v in state.items() if k in shapes and tuple(v.shape) != shapes[k]]
+        if wrong:
+            raise ValueError(f"{base_file} does not fit the stored encoder config ({wrong[:3]} have other shapes); the "
+                             "checkpoint is corrupt: save it again.")
+        built = AutoModel.from_config(config, **kwargs).to(dtype)
         missing, unexpected = built.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"{base_file} does not fit the stored encoder config (missing {missing[:5]}, unexpected "
@@ -261,10 +380,11 @@ def build_encoder(record: dict[str, Any], directory: Path, base_file: str | None
     if not reference:
         raise ValueError("the checkpoint stores neither base weights nor an encoder name/path; pass encoder=... "
                          "(the model the tasks were learned on).")
-    if not is_local_dir(reference) and record.get("revision"):
+    path = resolve_reference(reference)  # `pkg:MODULE` -> that package's model folder on this machine
+    if not is_local_dir(path) and record.get("revision"):
         kwargs["revision"] = record["revision"]
     try:
-        return AutoModel.from_pretrained(reference, dtype=dtype, **kwargs), False
+        return AutoModel.from_pretrained(path, dtype=dtype, **kwargs), False
     except Exception as err:
         raise ValueError(f"could not load the base encoder {reference!r} ({type(err).__name__}: {err}); pass "
                          "encoder=... with the model the tasks were learned on, or save with include_base=True.") from err

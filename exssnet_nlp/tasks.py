@@ -87,6 +87,24 @@ def freeze_to_buffers(module: nn.Module) -> None:
             sub.register_buffer(name, param.detach())
 
 
+def thaw_to_parameters(module: nn.Module, names: list[str]) -> None:
+    """Turn the buffers `names` (dotted, within `module`) back into trainable parameters (a fresh copy to train)."""
+    for dotted in names:
+        owner_name, _, name = dotted.rpartition(".")
+        owner = module.get_submodule(owner_name) if owner_name else module
+        tensor = owner._buffers.pop(name)
+        owner.register_parameter(name, nn.Parameter(tensor.detach().clone(), requires_grad=False))
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of `module`'s first tensor, parameter or buffer (isolating models may hold no parameter)."""
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
 def load_into_buffers(module: nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
     """Set `module`'s tensors from `tensors` (exact key set and shapes), then freeze them to buffers."""
     expected = {k: v for k, v in module.state_dict().items()}

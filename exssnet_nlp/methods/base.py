@@ -30,7 +30,10 @@ from transformers import AutoModel, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..checkpoint import fingerprint_tensors, save_model
+from ..export import find_tokenizer
 from ..hub import push_to_hub
+from ..references import resolve_reference
+from ..serving import ROUTER_PREFIX, predict
 from ..tasks import (
     CREATED,
     FINISHED,
@@ -38,6 +41,8 @@ from ..tasks import (
     TaskRegistry,
     freeze_to_buffers,
     load_into_buffers,
+    module_device,
+    pool,
     seeded,
     tensor_bytes,
 )
@@ -69,10 +74,20 @@ class ContinualModel(TaskRegistry, nn.Module):
         self._init_tasks()
         for param in self.encoder.parameters():
             param.requires_grad_(False)
+        # What the encoder's parameters were: a method that trains a copy (independent) thaws these names.
+        self._encoder_parameter_names = [n for n, _ in self.encoder.named_parameters()]
+        if self.isolates_tasks:
+            # Shared tensors as buffers: no optimizer, however built, can change what finished tasks compute.
+            freeze_to_buffers(self.encoder)
         # The pristine encoder, as a checkpoint will re-load it by name: what its tasks were learned on.
         self._base_keys = list(encoder.state_dict())
         self.base_fingerprint = fingerprint_tensors(encoder.state_dict())
         self._encoder_args = set(inspect.signature(encoder.forward).parameters)
+        # Serving: what a checkpoint needs to answer raw text on another machine (see exssnet_nlp.serving).
+        self.tokenizer: Any = None  # saved beside the checkpoint's config
+        self.encoder_reference: str | None = None  # as the user gave it (Hub id, `pkg:MODULE`, path)
+        self.serving_info: dict[str, dict[str, Any]] = {}  # task -> JSON, e.g. {"max_length": 128}
+        self.routers: dict[str, dict[str, torch.Tensor]] = {}  # task -> its router's tensors (task inference)
 
     # --- construction ----------------------------------------------------------------------
     @classmethod
@@ -80,13 +95,18 @@ class ContinualModel(TaskRegistry, nn.Module):
                      **from_pretrained_kwargs: Any) -> ContinualModel:
         """Wrap `encoder` (a model, or a Hub id / local path loaded with `AutoModel`)."""
         config = config if config is not None else cls.config_class()
-        if isinstance(encoder, (str, Path)):
+        reference = str(encoder) if isinstance(encoder, (str, Path)) else None
+        if reference is not None:
             # float32 unless asked otherwise: transformers 5 keeps a half-precision checkpoint's dtype.
             from_pretrained_kwargs.setdefault("dtype", torch.float32)
-            encoder = AutoModel.from_pretrained(str(encoder), **from_pretrained_kwargs)
+            encoder = AutoModel.from_pretrained(resolve_reference(reference), **from_pretrained_kwargs)
         elif not isinstance(encoder, nn.Module):
             raise ValueError(f"encoder must be a transformers model, a Hub id or a path, not {type(encoder).__name__}.")
-        return cls(getattr(encoder, "base_model", encoder), config)  # a task model: keep only its encoder
+        model = cls(getattr(encoder, "base_model", encoder), config)  # a task model: keep only its encoder
+        if reference is not None:
+            model.encoder_reference = reference
+            model.tokenizer = find_tokenizer(resolve_reference(reference))
+        return model
 
     @property
     def base_model_name_or_path(self) -> str | None:
@@ -107,7 +127,7 @@ class ContinualModel(TaskRegistry, nn.Module):
         return config
 
     def _device(self) -> torch.device:
-        return next(self.encoder.parameters()).device
+        return module_device(self.encoder)
 
     # --- the contract: phases and tasks ------------------------------------------------------
     def phases(self) -> list[Phase]:
@@ -229,6 +249,7 @@ class ContinualModel(TaskRegistry, nn.Module):
             raise ValueError(f"task {task!r} is not finished; only finished tasks are saved.")
         tensors = {HEAD_PREFIX + k: v for k, v in self.heads[str(index)].state_dict().items()}
         tensors.update(self._task_tensors(index))
+        tensors.update({ROUTER_PREFIX + k: v for k, v in self.routers.get(task, {}).items()})
         return tensors
 
     def task_metadata(self, task: str) -> dict[str, Any]:
@@ -240,6 +261,15 @@ class ContinualModel(TaskRegistry, nn.Module):
         """Add a finished task directly from `task_state` tensors (loading a checkpoint)."""
         if self.learning_task is not None:
             raise ValueError(f"task {self.learning_task!r} is being learned; finish or discard it before installing {name!r}.")
+        # Sizes come from an untrusted file: bound them by the tensors actually present before building anything.
+        out = tensors.get(HEAD_PREFIX + "out.weight")
+        if out is None or isinstance(num_labels, bool) or not isinstance(num_labels, int) or out.shape[0] != num_labels:
+            rows = None if out is None else out.shape[0]
+            raise ValueError(f"{file_name}: task {name!r} claims num_labels={num_labels!r} but its head has {rows} output "
+                             "rows; the checkpoint is corrupt or was edited.")
+        if label_names is not None and len(label_names) != num_labels:
+            raise ValueError(f"{file_name}: task {name!r} has {len(label_names)} label names for {num_labels} labels; the "
+                             "checkpoint is corrupt or was edited.")
         index = self._register_task(name, num_labels, label_names)
         try:
             head = self._new_head(name, num_labels)
@@ -247,7 +277,11 @@ class ContinualModel(TaskRegistry, nn.Module):
             load_into_buffers(head, head_tensors, f"{file_name} (head of task {name!r})")
             self.heads[str(index)] = head
             self._install_task_metadata(index, dict(metadata or {}), file_name)
-            self._install_task_tensors(index, {k: v for k, v in tensors.items() if not k.startswith(HEAD_PREFIX)}, file_name)
+            own = {k: v for k, v in tensors.items() if not k.startswith((HEAD_PREFIX, ROUTER_PREFIX))}
+            self._install_task_tensors(index, own, file_name)
+            router = {k[len(ROUTER_PREFIX):]: v for k, v in tensors.items() if k.startswith(ROUTER_PREFIX)}
+            if router:
+                self.routers[name] = router
         except BaseException:
             if str(index) in self.heads:
                 del self.heads[str(index)]
@@ -300,6 +334,26 @@ class ContinualModel(TaskRegistry, nn.Module):
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         """Upload the checkpoint and a model card to the Hugging Face Hub."""
         return push_to_hub(self, repo_id, **kwargs)
+
+    # --- serving ---------------------------------------------------------------------------------------
+    def predict(self, texts: str | list[str], task: str | None = None, tokenizer: Any = None, batch_size: int = 32,
+                max_length: int | None = None, inference: str | None = None) -> list[dict[str, Any]]:
+        """Classify raw texts: [{"task", "label", "score"}] per text (see `exssnet_nlp.serving.predict`).
+
+        `task=None` or `"auto"` infers each text's task first (`inference`: "router", "entropy", ...).
+        """
+        return predict(self, texts, task=task, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
+                       inference=inference)
+
+    def routing_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                          token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit-length mean-pooled sentence vectors from one fixed view of the encoder: the first task's, which no
+        later task changes when the method isolates tasks. The task router compares these."""
+        first = self.task_infos[0] if self.task_infos else None
+        if first is None or first.state != FINISHED:
+            raise ValueError("task routing needs a finished first task; learn (and finish) a task first.")
+        hidden = self.encode(input_ids, attention_mask, token_type_ids, task=first.name)
+        return F.normalize(pool(hidden, attention_mask, "mean").float(), dim=-1)
 
     # --- forward -----------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

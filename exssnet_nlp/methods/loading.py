@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from ..checkpoint import build_encoder, read_config, read_tensor_file, resolve_checkpoint
+from ..checkpoint import build_encoder, load_tokenizer, read_config, read_tensor_file, resolve_checkpoint
+from ..export import find_tokenizer
+from ..references import resolve_reference
 from .registry import get_method
 
 
@@ -57,11 +59,29 @@ def load_pretrained(path_or_repo_id: str | os.PathLike, revision: str | None = N
         model.to(device)
     model.load_shared_state(shared)
     for task, tensors in zip(data["tasks"], task_tensors, strict=True):
-        model.install_task(task["name"], int(task["num_labels"]), list(task.get("label_names") or []) or None, tensors,
+        model.install_task(task["name"], task["num_labels"], list(task.get("label_names") or []) or None, tensors,
                            task.get("metadata") or {}, task["file"])
+    _install_serving(model, data, directory, reference_used=given is None and not from_base_file)
     if model.tasks:
         model.set_task(model.tasks[-1])
     model.eval()
     if return_trainer_state:
         return model, data.get("trainer_state")
     return model
+
+
+def _install_serving(model: Any, data: dict[str, Any], directory: Any, reference_used: bool) -> None:
+    """The tokenizer saved beside the config (else the encoder's own), each task's serving info (max_length)."""
+    reference = data["encoder"].get("name_or_path")
+    if reference_used:
+        model.encoder_reference = reference  # re-saving keeps the reference as the user gave it
+    model.tokenizer = load_tokenizer(directory, data.get("tokenizer"))
+    if model.tokenizer is None and reference:
+        model.tokenizer = find_tokenizer(resolve_reference(reference))
+    trained_length = ((data.get("trainer_state") or {}).get("args") or {}).get("max_length")
+    for task in data["tasks"]:
+        info = dict(task.get("serving") or {})
+        if trained_length and "max_length" not in info:
+            info["max_length"] = int(trained_length)  # checkpoints saved before serving info: the run's length
+        if info:
+            model.serving_info[task["name"]] = info

@@ -15,6 +15,7 @@ from ..checkpoint import read_config, resolve_checkpoint
 from ..data import load_task, resolve_task_spec, tokenize_dataset
 from ..export import find_tokenizer
 from ..methods import load_pretrained
+from ..tasks import module_device
 from .arguments import load_training_config
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def batch_logits(model: Any, batches: Iterable[dict[str, torch.Tensor]], task: s
     `accelerator`). The model's train/eval mode is restored afterwards."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = module_device(model)
     try:
         with torch.no_grad():
             for batch in batches:

@@ -11,7 +11,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from ...export import export_sequence_classifier
-from ...tasks import freeze_to_buffers, load_into_buffers
+from ...tasks import freeze_to_buffers, load_into_buffers, thaw_to_parameters
 from ..base import ContinualModel, MethodConfig, Phase
 
 TRAIN = Phase("train", ("dense_learning_rate", "weight_learning_rate"), "weight_epochs", "the whole encoder and the head")
@@ -78,7 +78,9 @@ class IndependentModel(_DenseModel):
         return self.encoders[str(index)]
 
     def _start_task(self, index: int) -> None:
-        self.encoders[str(index)] = copy.deepcopy(self.encoder)
+        encoder = copy.deepcopy(self.encoder)  # the pristine encoder's tensors are buffers: train a thawed copy
+        thaw_to_parameters(encoder, self._encoder_parameter_names)
+        self.encoders[str(index)] = encoder
 
     def _finish_task(self, index: int) -> None:
         freeze_to_buffers(self.encoders[str(index)])

@@ -30,7 +30,7 @@ from transformers import PreTrainedModel
 
 from ...export import export_sequence_classifier
 from ...targets import target_linears
-from ...tasks import freeze_to_buffers, load_into_buffers, seeded
+from ...tasks import freeze_to_buffers, load_into_buffers, module_device, seeded
 from ..base import ContinualModel, Phase
 from .config import LoraMethodConfig
 
@@ -51,8 +51,18 @@ def _quiet_peft():
 
 def inject_adapter(peft_config: PeftConfig, encoder: nn.Module, adapter_name: str) -> None:
     """Inject a PEFT adapter into `encoder` in place (its modules become PEFT layers; the object stays the same)."""
-    with _quiet_peft():
-        inject_adapter_in_model(peft_config, encoder, adapter_name=adapter_name)
+    # PEFT reads the device from the model's first parameter; an isolating model's shared tensors are all
+    # buffers, so a placeholder parameter stands in during the injection.
+    probe = None
+    if next(encoder.parameters(), None) is None:
+        probe = nn.Parameter(torch.empty(0, device=module_device(encoder)), requires_grad=False)
+        encoder.register_parameter("_peft_device_probe", probe)
+    try:
+        with _quiet_peft():
+            inject_adapter_in_model(peft_config, encoder, adapter_name=adapter_name)
+    finally:
+        if probe is not None:
+            del encoder._parameters["_peft_device_probe"]
 
 
 def plain_encoder_state(encoder: nn.Module, base_keys: list[str]) -> dict[str, torch.Tensor]:

@@ -30,8 +30,9 @@ class SupermaskLinear(nn.Module):
         super().__init__()
         self.in_features = base.in_features
         self.out_features = base.out_features
-        self.weight = nn.Parameter(base.weight.detach(), requires_grad=False)
-        self.bias = None if base.bias is None else nn.Parameter(base.bias.detach(), requires_grad=False)
+        # Buffers, not frozen parameters: no optimizer over model.parameters() can reach the shared weights.
+        self.register_buffer("weight", base.weight.detach())
+        self.register_buffer("bias", None if base.bias is None else base.bias.detach())
         self.density = density
         self.k = num_kept(self.weight.numel(), density)
         self.topk_method = topk_method
@@ -236,8 +237,8 @@ class TaskLayerNorm(nn.Module):
             raise ValueError("TaskLayerNorm needs a LayerNorm with elementwise_affine=True and a bias.")
         self.normalized_shape = tuple(base.normalized_shape)
         self.eps = base.eps
-        self.weight = nn.Parameter(base.weight.detach(), requires_grad=False)
-        self.bias = nn.Parameter(base.bias.detach(), requires_grad=False)
+        self.register_buffer("weight", base.weight.detach())  # shared, never trained: out of every optimizer's reach
+        self.register_buffer("bias", base.bias.detach())
         self.register_parameter("learning_weight", None)
         self.register_parameter("learning_bias", None)
         self.num_finished = 0
