@@ -37,7 +37,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
-from .io import atomic_directory, json_bytes, write_bytes_atomic
+from .io import atomic_directory, json_bytes, recover_directory, write_bytes_atomic
 from .references import portable_reference, resolve_reference
 from .tasks import FINISHED
 
@@ -237,10 +237,17 @@ def load_tokenizer(directory: Path, record: dict[str, Any] | None) -> Any:
     return AutoTokenizer.from_pretrained(str(directory))
 
 
+def recover_checkpoint(path: str | os.PathLike) -> str | None:
+    """Finish or undo a checkpoint save that a crash (even SIGKILL) interrupted; see `io.recover_directory`."""
+    return recover_directory(path, lambda p: (p / CONFIG_NAME).is_file() and _is_checkpoint_dir(p))
+
+
 # --- read ------------------------------------------------------------------------------------------
 def resolve_checkpoint(path_or_repo_id: str | os.PathLike, revision: str | None = None) -> Path:
     """A local checkpoint directory, or the local snapshot of a Hub repo (only JSON/safetensors/md fetched)."""
     path = Path(path_or_repo_id).expanduser()
+    if not path.exists() and path.parent.is_dir() and any(path.parent.glob(f".{path.name}.*-*")):
+        recover_checkpoint(path)  # a save was killed between its two renames: the checkpoint is still there
     if path.is_dir():
         return path
     from huggingface_hub import snapshot_download

@@ -81,6 +81,39 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any, indent: int | None
     return write_bytes_atomic(path, json_bytes(obj, indent))
 
 
+def recover_directory(target: str | os.PathLike[str], complete: Callable[[Path], bool]) -> str | None:
+    """Finish or undo a directory swap (`atomic_directory`) that a crash interrupted, and drop its leftovers.
+
+    A swap writes `.<name>.tmp-*` (its last file marks it `complete`), renames `target` to `.<name>.old-*`,
+    renames the temporary directory to `target`, then removes the old one. Killed between the two renames,
+    `target` is missing: the newest complete temporary directory (else the old one) becomes `target` again.
+    Returns "finished", "restored" or None (nothing to recover); leftovers are removed in every case.
+    """
+    target = Path(target).expanduser().absolute()
+    if not target.parent.is_dir():
+        return None
+
+    def newest_first(pattern: str) -> list[Path]:
+        found = [p for p in target.parent.glob(pattern) if p.is_dir()]
+        return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+    tmps, olds = newest_first(f".{target.name}.tmp-*"), newest_first(f".{target.name}.old-*")
+    action = None
+    if not target.exists():
+        source = next((p for p in tmps if complete(p)), None)
+        action = "finished" if source is not None else None
+        if source is None:
+            source, action = next(((p, "restored") for p in olds if complete(p)), (None, None))
+        if source is not None:
+            os.rename(source, target)
+    for leftover in tmps + olds:
+        if leftover.exists():
+            shutil.rmtree(leftover, ignore_errors=True)
+    if action or tmps or olds:
+        fsync_dir(target.parent)
+    return action
+
+
 def atomic_directory(target: str | os.PathLike[str], write: Callable[[Path], None], replaceable: Callable[[Path], bool],
                      what: str) -> Path:
     """Run `write(tmp)` in a fresh sibling directory, then swap it in for `target`.
@@ -90,6 +123,7 @@ def atomic_directory(target: str | os.PathLike[str], write: Callable[[Path], Non
     `.<name>.tmp-*` sibling, never a half-written `target`.
     """
     target = Path(target).expanduser().absolute()
+    recover_directory(target, replaceable)  # a crashed earlier swap first: never leave its leftovers behind
     if target.exists():
         if not target.is_dir():
             raise ValueError(f"{target} exists and is not a directory; choose another {what} path.")

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_batch, tiny_encoder, train_steps
+from conftest import WORDS, make_args, random_batch, tiny_encoder, train_steps, write_task
 
 from exssnet_nlp import checkpoint as ckpt
 from exssnet_nlp.methods import get_method, load_pretrained
+from exssnet_nlp.training import ContinualCallback, ContinualTrainer, build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -107,3 +108,141 @@ def test_paths_outside_the_checkpoint_are_refused(tmp_path, name):
     sealed_edit(out, point_outside)
     with pytest.raises(ValueError, match="not a tensor file of a checkpoint"):
         load_pretrained(out, encoder=tiny_encoder("bert"))
+
+
+# --- 2: settings that silently break training --------------------------------------------------------
+@pytest.mark.parametrize("setting, value, message", [
+    ("max_grad_norm", -1.0, "max_grad_norm=-1.0 must be a finite number > 0"),
+    ("max_grad_norm", float("nan"), "max_grad_norm=nan"),
+    ("warmup_ratio", 1.5, "warmup_ratio=1.5 must be a fraction in \\[0, 1\\]"),
+    ("warmup_ratio", -0.1, "warmup_ratio=-0.1"),
+    ("weight_learning_rate", float("inf"), "weight_learning_rate=inf must be a finite positive number"),
+    ("mask_learning_rate", float("nan"), "mask_learning_rate=nan"),
+    ("seed", 7.5, "seed=7.5 must be an int"),
+    ("seed", True, "seed=True must be an int"),
+    ("per_device_train_batch_size", 2.5, "per_device_train_batch_size=2.5 must be an integer >= 1"),
+    ("mask_epochs", float("inf"), "mask_epochs=inf must be a finite number >= 0"),
+    ("train_samples_per_class", -3, "train_samples_per_class=-3 must be an integer >= 0"),
+])
+def test_bad_training_settings_are_refused(setting, value, message):
+    from exssnet_nlp.training import ContinualTrainingArguments
+
+    with pytest.raises(ValueError, match=message):
+        ContinualTrainingArguments(model_name_or_path="x", **{setting: value})
+    ContinualTrainingArguments(model_name_or_path="x", max_grad_norm=None, warmup_ratio=1.0)  # the edges are fine
+
+
+# --- 1: resume with other settings -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_tasks(tmp_path_factory) -> list[dict]:
+    root = tmp_path_factory.mktemp("hardening_data")
+    return [write_task(root, "topic", WORDS["topic"], n_train=10, n_test=6),
+            write_task(root, "sentiment", WORDS["sentiment"], n_train=10, n_test=6, seed=1)]
+
+
+class CrashAfterFirstTask(ContinualCallback):
+    def on_task_end(self, trainer, task):
+        if task == trainer.task_names[0]:
+            raise RuntimeError("simulated crash")
+
+
+def crashed_run(model_dir, out, tasks, **settings):
+    args = make_args(model_dir, out, "exssnet", mask_epochs=1, weight_epochs=1, density=0.1, **settings)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        ContinualTrainer(build_model(args), args, tasks, callbacks=[CrashAfterFirstTask()]).train()
+    return args
+
+
+def test_resume_with_other_settings_is_refused(tiny_model_dir, small_tasks, tmp_path):
+    crashed_run(tiny_model_dir, tmp_path / "run", small_tasks)
+    args = make_args(tiny_model_dir, tmp_path / "run", "supsup", mask_epochs=1, weight_epochs=1, density=0.5, seed=7)
+    with pytest.raises(ValueError) as err:
+        ContinualTrainer(build_model(args), args, small_tasks).train()
+    message = str(err.value)
+    for expected in ("method: 'exssnet' -> 'supsup'", "method_config.density: 0.1 -> 0.5", "seed: 0 -> 7",
+                     "--overwrite_output_dir true", "re-run with the saved settings"):
+        assert expected in message, (expected, message)
+    assert not (tmp_path / "run" / "results.json").exists()
+    # Settings that shape neither model nor data may change; the run then resumes and finishes.
+    args = make_args(tiny_model_dir, tmp_path / "run", "exssnet", mask_epochs=1, weight_epochs=1, density=0.1,
+                     logging_steps=1, evaluations_per_phase=1)
+    assert ContinualTrainer(build_model(args), args, small_tasks).train()["tasks"] == ["topic", "sentiment"]
+
+
+def test_resume_with_other_data_is_refused(tiny_model_dir, small_tasks, tmp_path):
+    crashed_run(tiny_model_dir, tmp_path / "run", small_tasks)
+    args = make_args(tiny_model_dir, tmp_path / "run", "exssnet", mask_epochs=1, weight_epochs=1, density=0.1)
+    changed = write_task(tmp_path / "other", "topic", WORDS["topic"], n_train=10, n_test=6, seed=5)
+    with pytest.raises(ValueError, match="data of task 'topic'"):
+        ContinualTrainer(build_model(args), args, [changed, small_tasks[1]]).train()
+
+
+# --- 4: a save killed at any step ---------------------------------------------------------------------------
+KILL_SCRIPT = r"""
+import os, shutil, signal, sys
+import torch
+from transformers import BertConfig, BertModel
+from exssnet_nlp import io as eio
+from exssnet_nlp.methods import get_method
+
+out, step = sys.argv[1], sys.argv[2]
+torch.manual_seed(0)
+encoder = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+model = get_method("exssnet").build(encoder, {"density": 0.3})
+def learn(name):
+    model.add_task(name, 2)
+    for phase in model.phases():
+        model.begin_phase(phase.name)
+    model.finish_task()
+learn("A")
+model.save_pretrained(out, include_base=True)
+learn("B")
+kill = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+calls = {"write": 0, "rename": 0}
+real_write, real_rename = eio.write_bytes_atomic, os.rename
+def write(*a, **k):
+    calls["write"] += 1
+    if step == "writing" and calls["write"] == 2:
+        kill()
+    return real_write(*a, **k)
+def rename(*a, **k):
+    calls["rename"] += 1
+    if (step == "before_first_rename" and calls["rename"] == 1) or (step == "between_renames" and calls["rename"] == 2):
+        kill()
+    return real_rename(*a, **k)
+import exssnet_nlp.checkpoint as ck
+ck.write_bytes_atomic = write
+eio.os.rename = rename
+if step == "removing_old":
+    eio.shutil.rmtree = kill
+model.save_pretrained(out, include_base=True)
+print("not killed")
+"""
+
+
+@pytest.mark.parametrize("step, tasks", [("writing", ["A"]), ("before_first_rename", ["A"]),
+                                         ("between_renames", ["A", "B"]), ("removing_old", ["A", "B"])])
+def test_save_killed_at_each_step_leaves_a_whole_checkpoint(tmp_path, step, tasks):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "ckpt"
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(out), step], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "ckpt"]
+    assert leftovers, "the kill should have left the swap's temporary directories behind"
+    assert load_pretrained(out).tasks == tasks  # loading recovers a missing `ckpt` first
+    ckpt.recover_checkpoint(out)  # what every save and every trainer start runs: leftovers go
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    assert load_pretrained(out).tasks == tasks
+
+
+def test_trainer_resumes_after_a_save_killed_between_renames(tiny_model_dir, small_tasks, tmp_path):
+    """What a kill between the two renames leaves (no `checkpoint/`, the data in `.checkpoint.old-*`): the next
+    start puts it back and resumes; it used to fail with a Hub 'repo id' error."""
+    args = crashed_run(tiny_model_dir, tmp_path / "run", small_tasks)
+    (tmp_path / "run" / "checkpoint").rename(tmp_path / "run" / ".checkpoint.old-0123456789ab")
+    results = ContinualTrainer(build_model(args), args, small_tasks).train()
+    assert results["tasks"] == ["topic", "sentiment"] and results["accuracy_matrix"][1][1] is not None
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == []

@@ -260,6 +260,22 @@ class TaskData:
     def name(self) -> str:
         return self.spec.name
 
+    def fingerprint(self) -> str | None:
+        """sha256 of the examples a run learns from (train and validation: texts and labels, in order) and the
+        label names; None for streamed splits. A resumed run must see the same data."""
+        import hashlib
+
+        hasher = hashlib.sha256(json.dumps([self.num_labels, self.label_names]).encode())
+        for split in (self.train, self.validation):
+            if split is None:
+                continue
+            if not isinstance(split, Dataset):
+                return None
+            for column in ("text", "text_pair", "label"):
+                if column in split.column_names:
+                    hasher.update(json.dumps(list(split[column]), ensure_ascii=False).encode())
+        return hasher.hexdigest()
+
     def splits(self) -> dict[str, Dataset | IterableDataset]:
         """The present splits by name (train, validation if any, test)."""
         out = {"train": self.train}

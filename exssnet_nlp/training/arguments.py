@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -84,18 +85,23 @@ class ContinualTrainingArguments:
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is not valid; allowed values: no, fp16, bf16.")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed={self.seed!r} must be an int.")
+            raise ValueError(f"seed={self.seed!r} must be an int (e.g. 42), not {type(self.seed).__name__}.")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                      "logging_steps", "max_length", "evaluations_per_phase"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer.")
-        for name in ("mask_epochs", "weight_epochs"):
-            if float(getattr(self, name)) < 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0.")
+            _integer(name, getattr(self, name), minimum=1)
+        for name in ("train_samples_per_class", "validation_samples_per_class", "eval_samples_per_class"):
+            if getattr(self, name) is not None:
+                _integer(name, getattr(self, name), minimum=0)
+        _integer("dataloader_num_workers", self.dataloader_num_workers, minimum=0)
+        for name in ("mask_epochs", "weight_epochs", "weight_decay"):
+            _number(name, getattr(self, name), "must be a finite number >= 0", lambda v: v >= 0)
         for name in ("mask_learning_rate", "weight_learning_rate", "dense_learning_rate", "head_learning_rate"):
-            value = getattr(self, name)
-            if value is not None and not float(value) > 0:
-                raise ValueError(f"{name}={value!r} must be a positive number (e.g. 1e-3).")
+            if getattr(self, name) is not None:
+                _number(name, getattr(self, name), "must be a finite positive number (e.g. 1e-3)", lambda v: v > 0)
+        _number("warmup_ratio", self.warmup_ratio, "must be a fraction in [0, 1] (e.g. 0.1)", lambda v: 0 <= v <= 1)
+        if self.max_grad_norm is not None:
+            # A negative norm makes clip_grad_norm_ flip every gradient: the loss climbs while the run "succeeds".
+            _number("max_grad_norm", self.max_grad_norm, "must be a finite number > 0 (or none: no clipping)", lambda v: v > 0)
         config = self.method_config.to_dict() if isinstance(self.method_config, MethodConfig) else dict(self.method_config or {})
         self.method_config = spec.make_config(config, **{k: getattr(self, k) for k in _SHARED_FIELDS})
         kkt = self.kkt.to_dict() if isinstance(self.kkt, KKTConfig) else {"mode": "off", **dict(self.kkt or {})}
@@ -152,6 +158,45 @@ class ContinualTrainingArguments:
             raise ValueError(f"unknown setting(s) {sorted(unknown)} for method {method!r}; known: {known}. "
                              f"`exssnet-nlp train --method {method} --help` lists them with their help.")
         return cls(**data, method_config=method_config, kkt=kkt)
+
+
+# Settings that change neither the model nor the data a run learns from: a resumed run may change them.
+RESUME_FREE = frozenset({"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "logging_steps", "disable_tqdm",
+                         "save_checkpoints", "dataloader_num_workers", "per_device_eval_batch_size", "evaluations_per_phase",
+                         "cpu", "tasks"})
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def resume_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """`name: saved -> now` for every setting that shapes the model or the data and differs (nested keys dotted)."""
+    before, after = _flat(saved), _flat(now)
+    names = sorted(k for k in set(before) | set(after) if k.split(".", 1)[0] not in RESUME_FREE)
+    return [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in names if before.get(k) != after.get(k)]
+
+
+def _number(name: str, value: Any, rule: str, ok: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or not ok(number):
+        raise ValueError(f"{name}={value!r} {rule}.")
+    return number
+
+
+def _integer(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}.")
+    return value
 
 
 def resolve_model_path(name: str | None) -> str | None:

@@ -17,11 +17,13 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from ..data import TaskData, TaskSpec, load_task, resolve_task_spec, tokenize_dataset
+from ..checkpoint import recover_checkpoint
 from ..io import write_json_atomic
 from ..methods import ContinualModel, load_pretrained
 from ..methods.base import Phase
 from ..metrics import capacity_summary, format_accuracy_matrix, plot_accuracy_matrix, summarize
-from .arguments import ContinualTrainingArguments, resolve_model_path
+from ..serving import ROUTER_SAMPLES_PER_CLASS, fit_router, sample_per_class
+from .arguments import ContinualTrainingArguments, resolve_model_path, resume_differences
 from .evaluation import accuracy
 
 logger = logging.getLogger("exssnet_nlp")
@@ -83,6 +85,7 @@ class ContinualTrainer:
                 raise ValueError("no tokenizer: pass tokenizer=... or set model_name_or_path.")
             tokenizer = AutoTokenizer.from_pretrained(path)
         self.tokenizer = tokenizer
+        model.tokenizer = tokenizer  # saved with every checkpoint: it serves raw text on its own
         # Every task is loaded and checked before any training starts: bad input fails fast.
         self.task_data = [self._load(t) for t in tasks]
         names = [t.spec.name for t in self.task_data]
@@ -110,7 +113,7 @@ class ContinualTrainer:
 
     def _fresh_state(self) -> dict[str, Any]:
         n = len(self.task_names)
-        return {"tasks": self.task_names, "next_task": 0, "accuracy_matrix": [[None] * n for _ in range(n)],
+        return {"tasks": self.task_names, "data": [d.fingerprint() for d in self.task_data], "next_task": 0, "accuracy_matrix": [[None] * n for _ in range(n)],
                 "untrained": [None] * n, "curves": {}, "kkt": {}, "timings": {}, "losses": {}, "storage": {}}
 
     def _tokenize(self, data: TaskData, split: str):
@@ -275,6 +278,9 @@ class ContinualTrainer:
             timings[phase.name] = metrics["seconds"]
         self.model.finish_task()
         start = time.perf_counter()
+        self._prepare_serving(index)
+        timings["serving"] = time.perf_counter() - start
+        start = time.perf_counter()
         accuracies = {other: self.evaluate(other) for other in self.task_names[: index + 1]}
         timings["evaluate"] = time.perf_counter() - start
         for j, other in enumerate(self.task_names[: index + 1]):
@@ -294,6 +300,16 @@ class ContinualTrainer:
         self._save(index)
         for cb in self.callbacks:
             cb.on_task_end(self, name)
+
+    def _prepare_serving(self, index: int) -> None:
+        """What serving needs of a finished task: its max_length and, when the method infers tasks, its router
+        (fitted on a per-class sample of its training data, saved in its task file)."""
+        name = self.task_names[index]
+        self.model.serving_info[name] = {"max_length": self.args.max_length}
+        if self.model.supports_task_inference:
+            train = self._train_sets[index]
+            rows = sample_per_class(train["labels"], ROUTER_SAMPLES_PER_CLASS, seed=self.args.seed)
+            fit_router(self.model, name, self._loader(train.select(rows), train=False, seed=0))
 
     def _run_kkt(self, index: int) -> dict[str, Any]:
         train = self._train_sets[index]
@@ -315,18 +331,30 @@ class ContinualTrainer:
 
     def _maybe_resume(self) -> None:
         checkpoint = self.output_dir / CHECKPOINT_DIR
+        if self.accelerator.is_main_process:
+            action = recover_checkpoint(checkpoint)  # a save killed mid-swap: put the checkpoint back first
+            if action:
+                logger.warning("recovered %s after an interrupted save (%s)", checkpoint, action)
+        self.accelerator.wait_for_everyone()
         if not checkpoint.is_dir() or self.args.overwrite_output_dir or not self.args.resume_from_checkpoint:
             return
         loaded, saved = load_pretrained(str(checkpoint), return_trainer_state=True)
         if not saved:
             return
         state = saved["state"]
+        differences = resume_differences(saved.get("args") or {}, self.args.to_dict())
         if state["tasks"] != self.task_names:
-            raise ValueError(f"output_dir {str(self.output_dir)!r} holds an unfinished run of tasks {state['tasks']}, not "
-                             f"{self.task_names}. Use another output_dir, or --overwrite_output_dir true to start over.")
-        if loaded.method != self.args.method:
-            raise ValueError(f"output_dir {str(self.output_dir)!r} holds an unfinished {loaded.method!r} run, not {self.args.method!r}. "
-                             "Use another output_dir, or --overwrite_output_dir true to start over.")
+            differences.insert(0, f"tasks: {state['tasks']} -> {self.task_names}")
+        else:
+            changed = [n for n, a, b in zip(self.task_names, state.get("data") or [], self.state["data"], strict=False)
+                       if a != b]
+            differences += [f"data of task {n!r}: other examples or labels than the run learned from" for n in changed]
+        if differences:
+            raise ValueError(
+                f"output_dir {str(self.output_dir)!r} holds an unfinished run with other settings:\n  "
+                + "\n  ".join(differences) + f"\nEither re-run with the saved settings (trainer_state.args in "
+                f"{checkpoint / 'exssnet_config.json'}) to continue it, or start over with --overwrite_output_dir true "
+                "(or use another output_dir).")
         if loaded.tasks != self.task_names[: state["next_task"]]:
             raise ValueError(f"the checkpoint in {str(self.output_dir)!r} holds tasks {loaded.tasks}; its trainer state "
                              f"expects {self.task_names[: state['next_task']]}. Start over with --overwrite_output_dir true.")
