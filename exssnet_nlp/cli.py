@@ -10,7 +10,7 @@ import sys
 COMMANDS = {
     "train": "Learn a sequence of tasks (YAML --config plus --flags; `train --method NAME --help` lists the method's flags).",
     "evaluate": "Test accuracy of every task of a checkpoint, on the data of a training config.",
-    "predict": "Classify texts with one task of a checkpoint.",
+    "predict": "Classify texts (arguments, --input FILE or stdin) with a task of a checkpoint, or infer each text's task.",
     "export": "Write one task of a checkpoint as a stock transformers ...ForSequenceClassification.",
     "push": "Upload a checkpoint with a model card to the Hugging Face Hub.",
     "methods": "List the registered continual methods.",
@@ -58,13 +58,21 @@ def _parser(name: str) -> argparse.ArgumentParser:
         parser.add_argument("--repo-id", required=True, help="Hub repository, e.g. user/my-continual-model.")
         parser.add_argument("--private", action="store_true", help="Create the repository as private.")
     elif name == "predict":
-        parser.add_argument("--task", required=True, help="The task whose head answers.")
-        parser.add_argument("--max-length", type=int, default=128, help="Tokens per text after truncation.")
-        parser.add_argument("texts", nargs="+", help="Texts to classify.")
+        parser.add_argument("--task", default=None, help="The task whose head answers (default: inferred per text).")
+        parser.add_argument("--inference", default=None, help="How to infer the task: router, router_class, "
+                            "router_knn or entropy (default: the library's measured best).")
+        parser.add_argument("--input", default=None, help="File of texts, one per line or JSON lines with a \"text\" "
+                            "field; '-' is stdin (the default when no text is given).")
+        parser.add_argument("--max-length", type=int, default=None, help="Tokens per text (default: the task's training length).")
+        parser.add_argument("--batch-size", type=int, default=32, help="Texts per forward pass.")
+        parser.add_argument("texts", nargs="*", help="Texts to classify.")
     elif name == "evaluate":
         parser.add_argument("--tasks", nargs="*", default=None, help="Task names (default: every task in the checkpoint).")
         parser.add_argument("--config", default=None, help="Training YAML whose task list gives the data.")
-        parser.add_argument("--eval_samples_per_class", type=int, default=None, help="Cap on test examples per class.")
+        parser.add_argument("--eval_samples_per_class", type=int, default=None,
+                            help="Cap on test examples per class (default: the training run's).")
+        parser.add_argument("--max_length", type=int, default=None, help="Tokens per example (default: the training run's).")
+        parser.add_argument("--seed", type=int, default=None, help="Seed of the test sample (default: the training run's).")
         parser.add_argument("--batch-size", type=int, default=64, help="Examples per forward pass.")
     return parser
 
@@ -85,16 +93,51 @@ def _command(name: str, rest: list[str]) -> int:
         model.export_task(ns.task, ns.output)
         print(f"exported task {ns.task!r} to {ns.output}: load it with AutoModelForSequenceClassification.from_pretrained")
     elif name == "push":
-        print(load_pretrained(ns.checkpoint).push_to_hub(ns.repo_id, private=ns.private or None))
+        model, trainer_state = load_pretrained(ns.checkpoint, return_trainer_state=True)
+        results = _known_results((trainer_state or {}).get("state") or {})
+        print(model.push_to_hub(ns.repo_id, private=ns.private or None, results=results))
     elif name == "predict":
-        model, tokenizer = evaluation.load_for_inference(ns.checkpoint)
-        for text, pred in zip(ns.texts, evaluation.predict(model, tokenizer, ns.task, ns.texts, ns.max_length), strict=True):
-            print(json.dumps({"text": text, **pred}))
+        _predict(ns)
     elif name == "evaluate":
         accuracies = evaluation.evaluate_checkpoint(ns.checkpoint, config_file=ns.config, tasks=ns.tasks,
-                                                    eval_samples_per_class=ns.eval_samples_per_class, batch_size=ns.batch_size)
+                                                    eval_samples_per_class=ns.eval_samples_per_class, batch_size=ns.batch_size,
+                                                    max_length=ns.max_length, seed=ns.seed)
         print(json.dumps(accuracies, indent=2))
     return 0
+
+
+def _known_results(state: dict) -> dict | None:
+    """The accuracy matrix (and what derives from it) a training run stored in its checkpoint, if any."""
+    matrix = state.get("accuracy_matrix")
+    if not matrix or not state.get("tasks"):
+        return None
+    from .metrics import summarize
+
+    # summarize uses the trained prefix of a run that stopped early, as the trainer does.
+    return {"tasks": state["tasks"], "accuracy_matrix": matrix, **summarize(matrix, state.get("untrained"))}
+
+
+def _predict(ns: argparse.Namespace) -> None:
+    from .methods import load_pretrained
+    from .serving import read_texts
+
+    texts = list(ns.texts)
+    if ns.input is not None or not texts:
+        if ns.input in (None, "-"):
+            if sys.stdin.isatty():
+                raise ValueError("no texts: give them as arguments, with --input FILE, or on stdin (one per line or JSON lines).")
+            texts += read_texts(sys.stdin)
+        else:
+            try:
+                with open(ns.input, encoding="utf-8") as handle:
+                    texts += read_texts(handle)
+            except OSError as err:
+                raise ValueError(f"cannot read --input {ns.input!r} ({err.strerror}); give a readable text or jsonl file.") from None
+    model = load_pretrained(ns.checkpoint)
+    predictions = model.predict(texts, task=ns.task, batch_size=ns.batch_size, max_length=ns.max_length,
+                                inference=ns.inference)
+    for text, pred in zip(texts, predictions, strict=True):
+        print(json.dumps({"text": text, **pred}, ensure_ascii=False))
 
 
 def main(argv: list[str] | None = None) -> int:

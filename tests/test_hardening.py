@@ -246,3 +246,65 @@ def test_trainer_resumes_after_a_save_killed_between_renames(tiny_model_dir, sma
     results = ContinualTrainer(build_model(args), args, small_tasks).train()
     assert results["tasks"] == ["topic", "sentiment"] and results["accuracy_matrix"][1][1] is not None
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == []
+
+
+# --- 5: timing the top-k candidates must not consume the global random state -------------------------
+def test_choosing_the_topk_method_leaves_the_global_rng_alone():
+    from exssnet_nlp.masks import choose_topk_method
+
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.rand(3, 517 * 3, generator=g), torch.rand(5, 389 * 7, generator=g)]  # shapes no other test times
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    choose_topk_method(rows[0], 40)
+    choose_topk_method(rows[1], 11)
+    assert torch.equal(torch.rand(4), expected)
+
+
+# --- 8: `evaluate` reproduces the run ----------------------------------------------------------------------
+def test_evaluate_uses_the_runs_settings_and_refuses_other_labels(tiny_model_dir, small_tasks, tmp_path, capsys):
+    import yaml
+
+    from exssnet_nlp.cli import main
+
+    args = make_args(tiny_model_dir, tmp_path / "run", "exssnet", mask_epochs=1, weight_epochs=1, density=0.3,
+                     max_length=12, seed=3, eval_samples_per_class=3)
+    results = ContinualTrainer(build_model(args), args, small_tasks).train()
+    # A config with only the data: max_length, seed and the test cap come from the checkpoint.
+    config = tmp_path / "data_only.yaml"
+    config.write_text(yaml.safe_dump({"model_name_or_path": tiny_model_dir, "tasks": small_tasks}))
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoint"), "--config", str(config)]) == 0
+    assert json.loads(capsys.readouterr().out) == dict(zip(results["tasks"], results["accuracy_matrix"][-1], strict=True))
+    # A 3-way head scored on 2-class data is refused, not printed as an accuracy.
+    swapped = [{**small_tasks[1], "name": "topic"}, {**small_tasks[0], "name": "sentiment"}]
+    config.write_text(yaml.safe_dump({"model_name_or_path": tiny_model_dir, "tasks": swapped}))
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoint"), "--config", str(config)]) == 2
+    assert "the checkpoint's head has 3" in capsys.readouterr().err
+
+
+# --- 9: classes the data does not have -----------------------------------------------------------------
+def _jsonl(path: Path, labels: list[int]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": f"text {i}", "label": lab}) + "\n" for i, lab in enumerate(labels)))
+    return str(path)
+
+
+def test_a_class_without_training_rows_is_refused(tmp_path, caplog):
+    from exssnet_nlp.data import load_task, resolve_task_spec
+
+    train = _jsonl(tmp_path / "train.jsonl", [0, 1, 2] * 4)
+    typo = _jsonl(tmp_path / "test_typo.jsonl", [0, 1, 2, 7])  # a typo label only in test: 8 classes inferred
+    with pytest.raises(ValueError, match=r"class 3 \('3'\).* has no rows in the train split"):
+        load_task(resolve_task_spec({"name": "t", "train_file": train, "test_file": typo}), validation_samples_per_class=0)
+    test = _jsonl(tmp_path / "test.jsonl", [0, 1, 2, 0])
+    with pytest.raises(ValueError, match=r"class 3 \('d'\), class 4 \('e'\) has no rows in the train split"):
+        load_task(resolve_task_spec({"name": "t", "train_file": train, "test_file": test,
+                                     "label_names": ["a", "b", "c", "d", "e"]}), validation_samples_per_class=0)
+    # A class only missing from test is legitimate (small test sets): a loud warning, not an error.
+    partial = _jsonl(tmp_path / "test_partial.jsonl", [0, 1, 0, 1])
+    with caplog.at_level("WARNING"):
+        data = load_task(resolve_task_spec({"name": "t", "train_file": train, "test_file": partial}),
+                         validation_samples_per_class=0)
+    assert data.num_labels == 3 and "class 2 ('2') has no rows in the test split" in caplog.text

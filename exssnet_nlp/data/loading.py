@@ -19,6 +19,7 @@ import logging
 import os
 from typing import Any
 
+import numpy as np
 from datasets import ClassLabel
 
 from .sources import (
@@ -41,6 +42,26 @@ logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
 # loading
 
+
+
+def _check_classes_present(spec: TaskSpec, labels: dict[str, np.ndarray], num_labels: int,
+                           label_names: list[str] | None) -> None:
+    """Every class must have training rows (else its head row is trained on nothing: a typo label, a class only in
+    test, or num_labels larger than the data); a class missing from validation or test is only warned about."""
+    names = label_names or [str(i) for i in range(num_labels)]
+    counts = {split: np.bincount(lab, minlength=num_labels) for split, lab in labels.items()}
+    for split, count in counts.items():
+        empty = [int(c) for c in np.flatnonzero(count == 0)]
+        if not empty:
+            continue
+        described = ", ".join(f"class {c} ({names[c]!r})" for c in empty[:5])
+        table = "; ".join(f"{s}: {dict(enumerate(n.tolist()))}" for s, n in counts.items())
+        if split == "train":
+            raise ValueError(f"task {spec.name!r}: {described} has no rows in the train split (rows per class: {table}). "
+                             "A class no training row has would train an empty head row: fix the labels (a typo? a class only "
+                             "in test?) or set num_labels / label_names to the classes the data has.")
+        logger.warning("task %s: %s has no rows in the %s split (rows per class: %s); its accuracy ignores that class.",
+                       spec.name, described, split, table)
 
 
 def load_task(spec: dict[str, Any] | TaskSpec | str, train_samples_per_class: int | None = None, eval_samples_per_class: int | None = None,
@@ -97,6 +118,7 @@ def load_task(spec: dict[str, Any] | TaskSpec | str, train_samples_per_class: in
         logger.info("task %s: num_labels inferred as %d from the data", resolved.name, num_labels)
     for split, lab in labels.items():
         _check_label_range(resolved, split, lab, num_labels)
+    _check_classes_present(resolved, labels, num_labels, label_names)
 
     if "validation" in raw:
         cap = validation_samples_per_class or None

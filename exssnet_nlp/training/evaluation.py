@@ -84,16 +84,36 @@ def predict(model: Any, tokenizer: Any, task: str, texts: str | Sequence[str], m
     return predictions
 
 
+# What selects a run's test examples and tokenizes them: read from the run when the caller leaves them out.
+RUN_SETTINGS = {"max_length": 128, "seed": 0, "eval_samples_per_class": None, "train_samples_per_class": None,
+                "validation_samples_per_class": 20}
+
+
 def evaluate_checkpoint(checkpoint: str | os.PathLike, config_file: str | None = None, tasks: Sequence[str] | None = None,
-                        eval_samples_per_class: int | None = None, batch_size: int = 64, max_length: int = 128,
-                        seed: int = 0) -> dict[str, float]:
-    """Test accuracy of each task of a checkpoint, with the task data named in a training config."""
+                        eval_samples_per_class: int | None = None, batch_size: int = 64, max_length: int | None = None,
+                        seed: int | None = None) -> dict[str, float]:
+    """Test accuracy of each task of a checkpoint, with the task data named in a training config.
+
+    `max_length`, `seed` and the sample caps default to the training run's (stored in the checkpoint), so
+    the numbers reproduce the run's last accuracy row; then to the training config's, then to the defaults.
+    """
     if config_file is None:
         raise ValueError("evaluate needs the task data: pass --config with the training YAML that lists the tasks.")
     model, tokenizer = load_for_inference(checkpoint)
     if tokenizer is None:
         raise ValueError(f"no tokenizer found for checkpoint {str(checkpoint)!r}; save one beside it (tokenizer.save_pretrained).")
-    _, specs = load_training_config(config_file, [])
+    config_args, specs = load_training_config(config_file, [])
+    run_args = ((read_config(resolve_checkpoint(checkpoint)).get("trainer_state") or {}).get("args")) or {}
+    given = {"max_length": max_length, "seed": seed, "eval_samples_per_class": eval_samples_per_class}
+    settings = {}
+    for key, default in RUN_SETTINGS.items():
+        if given.get(key) is not None:
+            settings[key] = given[key]
+        elif key in run_args:
+            settings[key] = run_args[key]
+        else:
+            settings[key] = getattr(config_args, key, default)
+    logger.info("evaluating with %s", settings)
     wanted = list(tasks) if tasks else model.tasks
     unknown = sorted(set(wanted) - set(model.tasks))
     if unknown:
@@ -105,9 +125,15 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, config_file: str | None =
     accuracies: dict[str, float] = {}
     for name in wanted:
         spec = by_name[name] if not isinstance(by_name[name], str) else {"name": name}
-        data = load_task(resolve_task_spec(spec), eval_samples_per_class=eval_samples_per_class,
-                         validation_samples_per_class=0, seed=seed)
-        loader = DataLoader(tokenize_dataset(data.test, tokenizer, max_length), batch_size=batch_size,
+        data = load_task(resolve_task_spec(spec), eval_samples_per_class=settings["eval_samples_per_class"],
+                         train_samples_per_class=settings["train_samples_per_class"],
+                         validation_samples_per_class=settings["validation_samples_per_class"], seed=settings["seed"])
+        info = model.task_info(name)
+        if data.num_labels != info.num_labels or (data.label_names and list(data.label_names) != list(info.label_names)):
+            raise ValueError(f"task {name!r}: the data in {config_file!r} has {data.num_labels} labels {data.label_names} but "
+                             f"the checkpoint's head has {info.num_labels} {info.label_names}; point the task at the data it "
+                             "was trained on.")
+        loader = DataLoader(tokenize_dataset(data.test, tokenizer, settings["max_length"]), batch_size=batch_size,
                             collate_fn=DataCollatorWithPadding(tokenizer))
         accuracies[name] = accuracy(model, loader, name)
     return accuracies

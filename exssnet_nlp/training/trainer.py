@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
-from ..data import TaskData, TaskSpec, load_task, resolve_task_spec, tokenize_dataset
 from ..checkpoint import recover_checkpoint
+from ..data import TaskData, TaskSpec, load_task, resolve_task_spec, tokenize_dataset
 from ..io import write_json_atomic
 from ..methods import ContinualModel, load_pretrained
 from ..methods.base import Phase
@@ -113,7 +113,8 @@ class ContinualTrainer:
 
     def _fresh_state(self) -> dict[str, Any]:
         n = len(self.task_names)
-        return {"tasks": self.task_names, "data": [d.fingerprint() for d in self.task_data], "next_task": 0, "accuracy_matrix": [[None] * n for _ in range(n)],
+        return {"tasks": self.task_names, "data": [d.fingerprint() for d in self.task_data], "next_task": 0,
+                "accuracy_matrix": [[None] * n for _ in range(n)],
                 "untrained": [None] * n, "curves": {}, "kkt": {}, "timings": {}, "losses": {}, "storage": {}}
 
     def _tokenize(self, data: TaskData, split: str):
