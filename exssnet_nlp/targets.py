@@ -76,3 +76,16 @@ def replace_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, module)
+
+
+def check_max_length(encoder: nn.Module, max_length: int) -> None:
+    """Refuse a `max_length` beyond the encoder's position embeddings (an index error deep in a forward, else)."""
+    positions = getattr(getattr(encoder, "config", None), "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return
+    # RoBERTa-style position ids start after the padding index: two positions fewer are usable.
+    padding = getattr(getattr(encoder, "embeddings", None), "padding_idx", None)
+    usable = positions - (padding + 1 if isinstance(padding, int) else 0)
+    if max_length > usable:
+        raise ValueError(f"max_length={max_length} exceeds the {usable} positions the encoder has "
+                         f"(max_position_embeddings={positions}); set --max_length {usable} or less.")

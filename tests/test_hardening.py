@@ -308,3 +308,77 @@ def test_a_class_without_training_rows_is_refused(tmp_path, caplog):
         data = load_task(resolve_task_spec({"name": "t", "train_file": train, "test_file": partial}),
                          validation_samples_per_class=0)
     assert data.num_labels == 3 and "class 2 ('2') has no rows in the test split" in caplog.text
+
+
+# --- 11: messages instead of tracebacks ------------------------------------------------------------------
+def _task_files(tmp_path: Path, train_bytes: bytes, name: str = "train.jsonl") -> dict:
+    (tmp_path / name).write_bytes(train_bytes)
+    return {"name": "t", "train_file": str(tmp_path / name), "test_file": str(tmp_path / name)}
+
+
+def test_non_utf8_files_name_the_file_and_line(tmp_path):
+    from exssnet_nlp.data import load_task, resolve_task_spec
+
+    rows = b'{"text": "ok", "label": 0}\n{"text": "caf\xe9", "label": 1}\n{"text": "x", "label": 1}\n{"text": "y", "label": 0}\n'
+    with pytest.raises(ValueError, match=r"train.jsonl' is not UTF-8: line 2, byte 14 is b'\\xe9'.*iconv -f latin1"):
+        load_task(resolve_task_spec(_task_files(tmp_path, rows)), validation_samples_per_class=0)
+    csv = b"text,label\nna\xefve,0\nok,1\nx,1\ny,0\n"
+    with pytest.raises(ValueError, match=r"data.csv' is not UTF-8: line 2, byte 3"):
+        load_task(resolve_task_spec(_task_files(tmp_path, csv, "data.csv")), validation_samples_per_class=0)
+
+
+def test_mixed_int_and_string_labels_are_named(tmp_path):
+    from exssnet_nlp.data import load_task, resolve_task_spec
+
+    rows = b'{"text": "a", "label": 0}\n{"text": "b", "label": "pos"}\n{"text": "c", "label": 1}\n'
+    with pytest.raises(ValueError, match=r"label column 'label' mixes int and str values \(e.g. \[0, 'pos'\]\)"):
+        load_task(resolve_task_spec(_task_files(tmp_path, rows)), validation_samples_per_class=0)
+
+
+def test_broken_yaml_and_a_string_task_list(tmp_path):
+    from exssnet_nlp.training import load_training_config
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model_name_or_path: x\ntasks: [ag_news\nmethod: exssnet\n")
+    with pytest.raises(ValueError, match=r"broken.yaml' is not valid YAML at line \d+, column \d+"):
+        load_training_config(str(broken))
+    single = tmp_path / "single.yaml"
+    single.write_text("model_name_or_path: x\ntasks: ag_news\n")
+    with pytest.raises(ValueError, match=r"`tasks` must be a list.*tasks: \[ag_news\]"):
+        load_training_config(str(single))
+
+
+def test_trainer_refuses_bad_setups_before_training(tiny_model_dir, small_tasks, tmp_path):
+    args = make_args(tiny_model_dir, tmp_path / "a", "exssnet", max_length=100000)
+    with pytest.raises(ValueError, match="max_length=100000 exceeds the 64 positions"):
+        ContinualTrainer(build_model(args), args, small_tasks)
+    args = make_args(tiny_model_dir, tmp_path / "b", "lora", kkt_mode="best")
+    with pytest.raises(ValueError, match="method 'lora' does not support KKT"):
+        ContinualTrainer(build_model(args), args, small_tasks)
+    args = make_args(tiny_model_dir, tmp_path / "c", "exssnet")
+    with pytest.raises(ValueError, match="tasks must be a list"):
+        ContinualTrainer(build_model(args), args, "topic")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_missing_model_path_is_named(tmp_path):
+    with pytest.raises(ValueError, match="no such directory"):
+        get_method("exssnet").build(str(tmp_path / "no" / "model"))
+
+
+def test_push_while_offline_is_a_message(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = two_task_model()
+    with pytest.raises(ValueError, match="could not upload to the Hub repo 'me/model'.*HF_HUB_OFFLINE is set"):
+        model.push_to_hub("me/model")
+
+
+def test_half_precision_after_inference_uses_fresh_weights():
+    model = two_task_model()
+    batch = random_batch()
+    model.eval()
+    with torch.no_grad():
+        full = model(batch[0], batch[1], task="A").logits  # fills the masked-weight cache in float32
+        model.half()
+        half = model(batch[0], batch[1], task="A").logits
+    assert half.dtype == torch.float16 and torch.allclose(half.float(), full, atol=1e-2)

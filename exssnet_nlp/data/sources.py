@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,13 +12,25 @@ from typing import Any
 import datasets
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, IterableDataset
 
 from .specs import LABEL, TASK_REGISTRY, TEXT, TEXT_JOIN, TEXT_PAIR, TaskSpec, _builder_for
 
 logger = logging.getLogger(__name__)
+TEXT_FORMATS = ("json", "csv")  # read as UTF-8 text by `datasets`; parquet is binary
 
+
+def _check_utf8(spec: TaskSpec, role: str, path: str) -> None:
+    """Name the file, line and byte of the first non-UTF-8 byte (`datasets` raises a bare UnicodeDecodeError)."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"task {spec.name!r}: {role}_file {path!r} is not UTF-8: line {number}, byte {err.start + 1} is "
+                    f"{line[err.start:err.start + 1]!r}. Save the file as UTF-8 (from Latin-1: "
+                    f"`iconv -f latin1 -t utf-8 {path} > fixed{Path(path).suffix}`).") from None
 
 
 def _load_file(spec: TaskSpec, role: str) -> Dataset | IterableDataset:
@@ -26,6 +39,8 @@ def _load_file(spec: TaskSpec, role: str) -> Dataset | IterableDataset:
     kwargs: dict[str, Any] = {"delimiter": "\t"} if Path(path).suffix.lower() == ".tsv" else {}
     if Path(path).stat().st_size == 0:
         raise ValueError(f"task {spec.name!r}: the {role} split is empty ({role}_file {path!r} has no bytes); point it at data with rows")
+    if builder in TEXT_FORMATS:
+        _check_utf8(spec, role, path)
     try:
         return datasets.load_dataset(builder, data_files=path, split="train", streaming=spec.streaming, **kwargs)
     except Exception as e:  # the builders raise many types; all mean "this file cannot be read as <format>"
@@ -123,7 +138,16 @@ def _labels_of(spec: TaskSpec, split: str, ds: Dataset, label_col: str) -> np.nd
             raise ValueError(f"task {spec.name!r}, {split} split: label column {label_col!r} has non-integer values (e.g. {bad}); "
                              f"labels must be integer class ids 0..num_labels-1")
         return values.astype(np.int64)
-    example = pc.unique(column)[:3].to_pylist() if len(column) else []
+    values = column.to_pylist()
+    if "json" in str(kind):  # pyarrow's JSON type (a column with mixed types) holds each value as JSON text
+        values = [json.loads(v) if isinstance(v, str) else v for v in values]
+    kinds = {type(v).__name__ for v in values if v is not None}
+    if len(kinds) > 1:
+        first = {kind: next(v for v in values if type(v).__name__ == kind) for kind in sorted(kinds)}
+        raise ValueError(f"task {spec.name!r}, {split} split: label column {label_col!r} mixes {' and '.join(sorted(kinds))} "
+                         f"values (e.g. {list(first.values())}); labels must all be integer class ids 0..num_labels-1: map "
+                         "the names to ids and list them in label_names")
+    example = list(dict.fromkeys(values))[:3]
     hint = " (a ClassLabel feature would be fine)" if not isinstance(feature, ClassLabel) else ""
     raise ValueError(f"task {spec.name!r}, {split} split: label column {label_col!r} holds {kind} values (e.g. {example}), not integers"
                      f"{hint}; map the class names to integer ids 0..num_labels-1 in the file and list the names in label_names")

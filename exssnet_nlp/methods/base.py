@@ -20,6 +20,7 @@ Subclasses implement hooks (`_start_task`, `_enter_phase`, `_phase_parameters`, 
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,7 +34,7 @@ from ..checkpoint import fingerprint_tensors, save_model
 from ..export import find_tokenizer
 from ..hub import push_to_hub
 from ..references import resolve_reference
-from ..serving import ROUTER_PREFIX, predict
+from ..serving import ROUTER_PREFIX, ServingMixin
 from ..tasks import (
     CREATED,
     FINISHED,
@@ -42,7 +43,6 @@ from ..tasks import (
     freeze_to_buffers,
     load_into_buffers,
     module_device,
-    pool,
     seeded,
     tensor_bytes,
 )
@@ -53,7 +53,21 @@ __all__ = ["ContinualModel", "MethodConfig", "Phase", "check_choice"]
 HEAD_PREFIX = "head."
 
 
-class ContinualModel(TaskRegistry, nn.Module):
+def _load_encoder(reference: str, resolved: str, kwargs: dict[str, Any]) -> PreTrainedModel:
+    """`AutoModel.from_pretrained`, with one message for the ways a reference can be wrong."""
+    looks_local = resolved.startswith((".", "/", "~")) or Path(resolved).expanduser().exists() or resolved.count("/") > 1
+    if looks_local and not Path(resolved).expanduser().is_dir():
+        raise ValueError(f"model {reference!r}: no such directory {resolved!r}. Give the path of a saved model (a folder "
+                         "with config.json), a Hub id such as bert-base-uncased, or pkg:MODULE.")
+    try:
+        return AutoModel.from_pretrained(resolved, **kwargs)
+    except OSError as err:
+        offline = " (HF_HUB_OFFLINE is set: only cached models load)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise ValueError(f"could not load the encoder {reference!r}{offline}: {str(err).splitlines()[0]} Check the Hub id "
+                         "or the path; without network, download the model first or use a local copy.") from None
+
+
+class ContinualModel(TaskRegistry, ServingMixin, nn.Module):
     """A shared encoder plus one head per task, learned one task after another (see the module docstring)."""
 
     method: str = "?"  # the registry name (a class attribute, or a property when one class serves several names)
@@ -83,11 +97,7 @@ class ContinualModel(TaskRegistry, nn.Module):
         self._base_keys = list(encoder.state_dict())
         self.base_fingerprint = fingerprint_tensors(encoder.state_dict())
         self._encoder_args = set(inspect.signature(encoder.forward).parameters)
-        # Serving: what a checkpoint needs to answer raw text on another machine (see exssnet_nlp.serving).
-        self.tokenizer: Any = None  # saved beside the checkpoint's config
-        self.encoder_reference: str | None = None  # as the user gave it (Hub id, `pkg:MODULE`, path)
-        self.serving_info: dict[str, dict[str, Any]] = {}  # task -> JSON, e.g. {"max_length": 128}
-        self.routers: dict[str, dict[str, torch.Tensor]] = {}  # task -> its router's tensors (task inference)
+        self._init_serving()  # tokenizer, encoder reference, per-task serving info and routers
 
     # --- construction ----------------------------------------------------------------------
     @classmethod
@@ -99,7 +109,7 @@ class ContinualModel(TaskRegistry, nn.Module):
         if reference is not None:
             # float32 unless asked otherwise: transformers 5 keeps a half-precision checkpoint's dtype.
             from_pretrained_kwargs.setdefault("dtype", torch.float32)
-            encoder = AutoModel.from_pretrained(resolve_reference(reference), **from_pretrained_kwargs)
+            encoder = _load_encoder(reference, resolve_reference(reference), from_pretrained_kwargs)
         elif not isinstance(encoder, nn.Module):
             raise ValueError(f"encoder must be a transformers model, a Hub id or a path, not {type(encoder).__name__}.")
         model = cls(getattr(encoder, "base_model", encoder), config)  # a task model: keep only its encoder
@@ -334,26 +344,6 @@ class ContinualModel(TaskRegistry, nn.Module):
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         """Upload the checkpoint and a model card to the Hugging Face Hub."""
         return push_to_hub(self, repo_id, **kwargs)
-
-    # --- serving ---------------------------------------------------------------------------------------
-    def predict(self, texts: str | list[str], task: str | None = None, tokenizer: Any = None, batch_size: int = 32,
-                max_length: int | None = None, inference: str | None = None) -> list[dict[str, Any]]:
-        """Classify raw texts: [{"task", "label", "score"}] per text (see `exssnet_nlp.serving.predict`).
-
-        `task=None` or `"auto"` infers each text's task first (`inference`: "router", "entropy", ...).
-        """
-        return predict(self, texts, task=task, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
-                       inference=inference)
-
-    def routing_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                          token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Unit-length mean-pooled sentence vectors from one fixed view of the encoder: the first task's, which no
-        later task changes when the method isolates tasks. The task router compares these."""
-        first = self.task_infos[0] if self.task_infos else None
-        if first is None or first.state != FINISHED:
-            raise ValueError("task routing needs a finished first task; learn (and finish) a task first.")
-        hidden = self.encode(input_ids, attention_mask, token_type_ids, task=first.name)
-        return F.normalize(pool(hidden, attention_mask, "mean").float(), dim=-1)
 
     # --- forward -----------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -296,7 +296,16 @@ def load_training_config(config_file: str | None = None, overrides: list[str] | 
         path = Path(config_file)
         if not path.is_file():
             raise ValueError(f"config file {config_file!r} does not exist.")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(f"config file {config_file!r} is not valid YAML{where}: {problem}. Fix that line "
+                             "(a missing closing bracket or quote, or a stray ':' are the usual causes).") from None
+        except UnicodeDecodeError as err:
+            raise ValueError(f"config file {config_file!r} is not UTF-8 ({err}); save it as UTF-8.") from None
         if not isinstance(data, dict):
             raise ValueError(f"config file {config_file!r} must hold a mapping of argument names to values.")
     overrides = list(overrides or [])
@@ -312,6 +321,13 @@ def load_training_config(config_file: str | None = None, overrides: list[str] | 
     given.pop("config", None)
     data.update(given)
     tasks = data.pop("tasks", None)
+    if isinstance(tasks, (str, dict)):
+        # A bare string would be iterated letter by letter (task "a", "g", ...): say what was meant instead.
+        shown = tasks if isinstance(tasks, str) else tasks.get("name", "...")
+        raise ValueError(f"`tasks` must be a list, got a single {type(tasks).__name__}; write `tasks: [{shown}]` (YAML) or "
+                         f"--tasks {shown} for one task.")
+    if tasks is not None and not isinstance(tasks, list):
+        raise ValueError(f"`tasks` must be a list of task names or mappings, got {type(tasks).__name__} {tasks!r}.")
     args = ContinualTrainingArguments.from_dict(data)
     if not tasks:
         raise ValueError("no tasks: add a `tasks:` list to the config or pass --tasks name [name ...].")

@@ -21,8 +21,9 @@ from ..data import TaskData, TaskSpec, load_task, resolve_task_spec, tokenize_da
 from ..io import write_json_atomic
 from ..methods import ContinualModel, load_pretrained
 from ..methods.base import Phase
+from ..targets import check_max_length
 from ..metrics import capacity_summary, format_accuracy_matrix, plot_accuracy_matrix, summarize
-from ..serving import ROUTER_SAMPLES_PER_CLASS, fit_router, sample_per_class
+from ..serving import prepare_serving
 from .arguments import ContinualTrainingArguments, resolve_model_path, resume_differences
 from .evaluation import accuracy
 
@@ -69,6 +70,13 @@ class ContinualTrainer:
     def __init__(self, model, args: ContinualTrainingArguments, tasks: list[TaskSpec | dict | str | TaskData],
                  tokenizer: PreTrainedTokenizerBase | None = None, callbacks: list[ContinualCallback] | None = None,
                  accelerator: Accelerator | None = None) -> None:
+        if isinstance(tasks, (str, dict)):
+            raise ValueError(f"tasks must be a list (e.g. [{tasks!r}]), not a single {type(tasks).__name__}.")
+        if args.kkt.mode != "off" and not model.supports_kkt:
+            # Checked now, not when the second task starts: KKT would silently never run.
+            raise ValueError(f"method {args.method!r} does not support KKT (kkt mode {args.kkt.mode!r}); set --kkt_mode off "
+                             "or use a supermask method (exssnet, supsup, ssnet, wsn).")
+        check_max_length(model.encoder, args.max_length)
         self.model = model
         self.args = args
         self.callbacks = list(callbacks or [])
@@ -279,7 +287,7 @@ class ContinualTrainer:
             timings[phase.name] = metrics["seconds"]
         self.model.finish_task()
         start = time.perf_counter()
-        self._prepare_serving(index)
+        prepare_serving(self.model, name, self.args.max_length, self._train_sets[index], self._loader, self.args.seed)
         timings["serving"] = time.perf_counter() - start
         start = time.perf_counter()
         accuracies = {other: self.evaluate(other) for other in self.task_names[: index + 1]}
@@ -301,16 +309,6 @@ class ContinualTrainer:
         self._save(index)
         for cb in self.callbacks:
             cb.on_task_end(self, name)
-
-    def _prepare_serving(self, index: int) -> None:
-        """What serving needs of a finished task: its max_length and, when the method infers tasks, its router
-        (fitted on a per-class sample of its training data, saved in its task file)."""
-        name = self.task_names[index]
-        self.model.serving_info[name] = {"max_length": self.args.max_length}
-        if self.model.supports_task_inference:
-            train = self._train_sets[index]
-            rows = sample_per_class(train["labels"], ROUTER_SAMPLES_PER_CLASS, seed=self.args.seed)
-            fit_router(self.model, name, self._loader(train.select(rows), train=False, seed=0))
 
     def _run_kkt(self, index: int) -> dict[str, Any]:
         train = self._train_sets[index]

@@ -21,6 +21,7 @@ from ...masks import MaskedWeight, num_kept, pack_bits, topk_mask, unpack_bits
 
 MASK_PHASE = "mask"
 WEIGHT_PHASE = "weight"
+SHARED_VIEW = -1  # `active_task` for the shared weights without any mask (the task router's view)
 
 
 class SupermaskLinear(nn.Module):
@@ -183,6 +184,11 @@ class SupermaskLinear(nn.Module):
         self._cache_key = None
         self._cache_weight = None
 
+    def _apply(self, fn, *args, **kwargs):  # noqa: ANN001, ANN202  (nn.Module's signature)
+        # .half(), .to(device): the tensors are replaced, and the cached masked weight must go with them.
+        self._invalidate()
+        return super()._apply(fn, *args, **kwargs)
+
     def _versions(self) -> tuple:
         # In-place updates (optimizer steps, finish_task) bump `_version`: a stale cache can't be hit.
         return tuple(getattr(t, "_version", None) for t in (self.weight, self.scores, self.exclusive_values))
@@ -211,6 +217,8 @@ class SupermaskLinear(nn.Module):
         return any(t is not None and t.requires_grad for t in (self.scores, self.exclusive_values))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.active_task == SHARED_VIEW:
+            return F.linear(x, self.weight, self.bias)
         if torch.is_grad_enabled() and self._trains_active_task():
             return F.linear(x, self.effective_weight(), self.bias)
         # Nothing to differentiate: the masked weight is cached per (task, phase, tensor versions),
@@ -286,5 +294,6 @@ class TaskLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.active_task is None:
             raise ValueError("no active task: call model.set_task(name) or pass task=... to forward.")
-        weight, bias = self.task_affine(self.active_task)
+        shared = self.active_task == SHARED_VIEW
+        weight, bias = (self.weight, self.bias) if shared else self.task_affine(self.active_task)
         return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
