@@ -101,7 +101,8 @@ def push_to_hub(model: Any, repo_id: str, private: bool | None = None, token: st
                               delete_patterns=["task_*.safetensors", BASE_WEIGHTS_NAME, SHARED_WEIGHTS_NAME])
         except Exception as err:  # offline mode, no network, no token, no rights: one message, nothing local lost
             offline = " HF_HUB_OFFLINE is set, so nothing can be uploaded: unset it." if os.environ.get("HF_HUB_OFFLINE") else ""
-            raise ValueError(f"could not upload to the Hub repo {repo_id!r} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})."
+            first = (str(err).splitlines() or [""])[0]
+            raise ValueError(f"could not upload to the Hub repo {repo_id!r} ({type(err).__name__}: {first})."
                              f"{offline} Check the network, your token (`hf auth login`) and the repo id; the model is "
                              "unchanged: save it locally with save_pretrained meanwhile.") from None
     return str(url)

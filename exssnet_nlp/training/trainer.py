@@ -21,9 +21,9 @@ from ..data import TaskData, TaskSpec, load_task, resolve_task_spec, tokenize_da
 from ..io import write_json_atomic
 from ..methods import ContinualModel, load_pretrained
 from ..methods.base import Phase
-from ..targets import check_max_length
 from ..metrics import capacity_summary, format_accuracy_matrix, plot_accuracy_matrix, summarize
 from ..serving import prepare_serving
+from ..targets import check_max_length
 from .arguments import ContinualTrainingArguments, resolve_model_path, resume_differences
 from .evaluation import accuracy
 
