@@ -1,4 +1,9 @@
-"""Export one task to a stock `transformers` `...ForSequenceClassification` (any method that can merge its task)."""
+"""Export one task so it serves without this library (any method that can merge its task).
+
+A CLS-pooled task becomes a stock `transformers` `...ForSequenceClassification`. No stock class mean-pools, so a
+mean-pooled task becomes a Sentence Transformers model instead: the merged encoder, mean pooling, then the task's
+head as two Dense modules; `SentenceTransformer(dir).encode(texts)` returns the task's logits.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,13 @@ import copy
 import logging
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 
 from .checkpoint import is_local_dir
 from .io import atomic_directory
@@ -61,11 +67,12 @@ def export_sequence_classifier(model: Any, task: str, encoder_state: dict[str, t
     if model.model_type not in EXPORT_HEADS:
         raise ValueError(f"export supports model types {sorted(EXPORT_HEADS)}, not {model.model_type!r}; use the "
                          "exssnet-nlp checkpoint (save_pretrained) instead.")
+    if model.config.pooling == "mean":  # no stock ...ForSequenceClassification mean-pools
+        return export_sentence_transformer(model, task, encoder_state, output_dir, encoder_config)
     dense_path, out_path, activation = EXPORT_HEADS[model.model_type]
     if model.config.pooling != "cls":
-        raise ValueError(f"export needs pooling='cls' (got {model.config.pooling!r}): no stock transformers "
-                         "sequence-classification model mean-pools. Use the exssnet-nlp checkpoint for this model, or "
-                         "export the encoder alone and mean-pool yourself.")
+        raise ValueError(f"export needs pooling 'cls' or 'mean' (got {model.config.pooling!r}); use the exssnet-nlp "
+                         "checkpoint for this model.")
     used = model.config.resolved_head_activation(model.model_type)
     if used != activation:
         raise ValueError(f"export to {model.model_type} needs head_activation={activation!r} (its classification "
@@ -116,6 +123,59 @@ def export_sequence_classifier(model: Any, task: str, encoder_state: dict[str, t
                 tokenizer.save_pretrained(tmp)
 
         atomic_directory(output_dir, write, _is_model_dir, "transformers model")
+    return exported
+
+
+def _labelled_config(model: Any, task: str, encoder_config: Any) -> Any:
+    info = model.task_info(task)
+    cfg = copy.deepcopy(encoder_config if encoder_config is not None else model.encoder.config)
+    cfg.id2label = dict(enumerate(info.label_names))
+    cfg.label2id = {name: i for i, name in enumerate(info.label_names)}
+    return cfg
+
+
+def _is_sentence_transformer_dir(path: Path) -> bool:
+    """Only an earlier Sentence Transformers export may be replaced."""
+    return (path / "modules.json").is_file() and (path / "config_sentence_transformers.json").is_file()
+
+
+def export_sentence_transformer(model: Any, task: str, encoder_state: dict[str, torch.Tensor],
+                                output_dir: str | os.PathLike | None = None, encoder_config: Any = None) -> Any:
+    """A `SentenceTransformer` for mean-pooled `task`: merged encoder -> mean pooling -> Dense(hidden, activation of
+    the task head) -> Dense(num_labels). `encode(texts)` returns the task's logits; `config.json` of the saved
+    directory holds the label names (`id2label`)."""
+    try:
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
+    except ImportError:
+        raise ValueError("exporting a mean-pooled task needs sentence-transformers: `pip install sentence-transformers` "
+                         "(or exssnet-nlp[serve]); or train with pooling 'cls' to export a stock ...ForSequenceClassification.") from None
+    index = model.task_index(task)
+    head = model.heads[str(index)]
+    tokenizer = getattr(model, "tokenizer", None) or find_tokenizer(model.base_model_name_or_path)
+    if tokenizer is None:
+        raise ValueError("the model has no tokenizer to export with the task; set model.tokenizer first.")
+    reference_tensor = next(iter(encoder_state.values()))
+    stock = AutoModel.from_config(_labelled_config(model, task, encoder_config)).to(reference_tensor.dtype)
+    missing, unexpected = stock.load_state_dict(encoder_state, strict=False)
+    missing = [k for k in missing if not k.startswith("pooler.")]  # the encoder's own pooler is never used
+    if missing or unexpected:
+        raise ValueError(f"the encoder's weights don't fit {type(stock).__name__} (missing {missing[:4]}, unexpected {unexpected[:4]}).")
+    max_length = (getattr(model, "serving_info", {}).get(task) or {}).get("max_length")
+    with tempfile.TemporaryDirectory(prefix="exssnet-export-") as tmp:
+        stock.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        transformer = Transformer(tmp, max_seq_length=max_length)
+    hidden = model.encoder.config.hidden_size
+    dense = Dense(hidden, hidden, activation_function=copy.deepcopy(head.activation),
+                  init_weight=head.dense.weight.detach().clone(), init_bias=head.dense.bias.detach().clone())
+    out = Dense(hidden, head.out.out_features, activation_function=nn.Identity(),
+                init_weight=head.out.weight.detach().clone(), init_bias=head.out.bias.detach().clone())
+    exported = SentenceTransformer(modules=[transformer, Pooling(hidden, "mean"), dense, out], device=str(reference_tensor.device))
+    exported.eval()
+    if output_dir is not None:
+        atomic_directory(output_dir, lambda tmp: exported.save(str(tmp)), _is_sentence_transformer_dir,
+                         "Sentence Transformers model")
     return exported
 
 

@@ -747,7 +747,8 @@ def test_load_from_repo_id(tmp_path: Path, bert_model: ExSSNetModel) -> None:
         loaded = ExSSNetModel.from_pretrained("me/tiny-exssnet", revision="v1")
     assert download.call_args.kwargs["repo_id"] == "me/tiny-exssnet"
     assert download.call_args.kwargs["revision"] == "v1"
-    assert set(download.call_args.kwargs["allow_patterns"]) == {"*.json", "*.safetensors", "*.md"}
+    # JSON, tensors, the model card and the tokenizer's files (vocab.txt, sentencepiece models, chat templates).
+    assert set(download.call_args.kwargs["allow_patterns"]) == {"*.json", "*.safetensors", "*.md", "*.txt", "*.model", "*.jinja"}
     assert_same_logits(bert_model, loaded, batch(2))
 
 

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -19,10 +20,10 @@ from ...export import export_sequence_classifier
 from ...kkt import KKTConfig, KKTResult, run_kkt, vote_topk
 from ...masks import topk_mask_rows, unpack_bits
 from ...targets import replace_submodule, target_linears
-from ...tasks import task_seed
+from ...tasks import pool, task_seed
 from ..base import ContinualModel, Phase
 from .config import ExSSNetConfig
-from .layer import MASK_PHASE, WEIGHT_PHASE, SupermaskLinear, TaskLayerNorm
+from .layer import MASK_PHASE, SHARED_VIEW, WEIGHT_PHASE, SupermaskLinear, TaskLayerNorm
 
 MASK_PREFIX, VALUES_PREFIX, NORM_PREFIX = "mask.", "values.", "norm."
 MASK = Phase(MASK_PHASE, ("mask_learning_rate",), "mask_epochs", "the task's scores (its mask), its head and its norms")
@@ -267,6 +268,15 @@ class ExSSNetModel(ContinualModel):
         finally:
             for layer in stepped:
                 layer.step_mask = None
+
+    def routing_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                          token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The task router's view: the shared weights with no mask (supsup: exactly the pretrained encoder; exssnet:
+        plus the few values tasks own and trained), mean-pooled and unit length. Measured far better than one task's
+        masked view (benchmarks/results/task_inference_*.json)."""
+        self._activate(SHARED_VIEW)
+        hidden = self.encoder(**self._encoder_kwargs(input_ids, attention_mask, token_type_ids))[0]
+        return F.normalize(pool(hidden, attention_mask, "mean").float(), dim=-1)
 
     def _set_step_masks(self) -> list[SupermaskLinear]:
         """In the mask phase, select every layer's top-k for this step in one batched call per layer shape.
