@@ -14,7 +14,7 @@ from conftest import FILLER, WORDS, make_args
 
 from exssnet_nlp import ExSSNetModel, load_pretrained
 from exssnet_nlp.cli import main
-from exssnet_nlp.serving import INFERENCE_METHODS, fit_router, read_texts
+from exssnet_nlp.serving import INFERENCE_METHODS, fit_router, prepare_serving, read_texts
 from exssnet_nlp.training import ContinualTrainer, build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,8 +45,9 @@ def trained(tiny_model_dir, tmp_path_factory) -> dict:
     tasks = [write_clear_task(root, "topic", SPORT_FINANCE, 0), write_clear_task(root, "sentiment", WORDS["sentiment"], 1)]
     args = make_args(tiny_model_dir, root / "run", "exssnet", mask_epochs=3, weight_epochs=3, max_length=16)
     model = build_model(args)
-    ContinualTrainer(model, args, tasks).train()
-    return {"model": model, "checkpoint": root / "run" / "checkpoint", "tasks": tasks}
+    trainer = ContinualTrainer(model, args, tasks)
+    trainer.train()
+    return {"model": model, "trainer": trainer, "checkpoint": root / "run" / "checkpoint", "tasks": tasks}
 
 
 def test_predict_with_a_task_returns_label_names(trained):
@@ -86,6 +87,16 @@ def test_router_is_saved_in_the_task_file(trained):
 
     tensors = load_file(str(trained["checkpoint"] / "task_000.safetensors"))
     assert tensors["router.embeddings"].shape[0] == tensors["router.labels"].shape[0] > 0
+
+
+def test_routers_match_the_saved_weights(trained):
+    """exssnet's later tasks train shared weights the router's (unmasked) view sees: every router is refitted after
+    each task, so the saved routers are what the saved weights give."""
+    trainer, model = trained["trainer"], load_pretrained(trained["checkpoint"])
+    for index, name in enumerate(model.tasks):
+        saved = model.routers[name]["embeddings"].clone()
+        prepare_serving(model, name, 16, trainer._train_sets[index], trainer._loader, seed=0)
+        assert torch.equal(model.routers[name]["embeddings"], saved), name
 
 
 def test_checkpoint_moved_to_another_directory_predicts_identically(trained, tmp_path, monkeypatch):

@@ -287,7 +287,8 @@ class ContinualTrainer:
             timings[phase.name] = metrics["seconds"]
         self.model.finish_task()
         start = time.perf_counter()
-        prepare_serving(self.model, name, self.args.max_length, self._train_sets[index], self._loader, self.args.seed)
+        for j in range(index + 1):  # every router, refitted: a task's training may move the routing view (exssnet)
+            prepare_serving(self.model, self.task_names[j], self.args.max_length, self._train_sets[j], self._loader, self.args.seed)
         timings["serving"] = time.perf_counter() - start
         start = time.perf_counter()
         accuracies = {other: self.evaluate(other) for other in self.task_names[: index + 1]}
