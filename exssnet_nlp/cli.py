@@ -90,8 +90,11 @@ def _command(name: str, rest: list[str]) -> int:
 
     if name == "export":
         model = load_pretrained(ns.checkpoint)
-        model.export_task(ns.task, ns.output)
-        print(f"exported task {ns.task!r} to {ns.output}: load it with AutoModelForSequenceClassification.from_pretrained")
+        exported = model.export_task(ns.task, ns.output)
+        # A mean-pooled task exports as a Sentence Transformers model (no stock classifier mean-pools).
+        how = "SentenceTransformer(...).encode(texts) -> logits" if hasattr(exported, "encode") else \
+            "AutoModelForSequenceClassification.from_pretrained"
+        print(f"exported task {ns.task!r} to {ns.output}: load it with {how}")
     elif name == "push":
         model, trainer_state = load_pretrained(ns.checkpoint, return_trainer_state=True)
         results = _known_results((trainer_state or {}).get("state") or {})

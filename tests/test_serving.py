@@ -202,3 +202,16 @@ def test_pkg_reference_is_stored_as_given(tmp_path):
     assert os.sep + "site-packages" not in json.dumps(config["encoder"])
     loaded = load_pretrained(tmp_path / "ckpt")
     assert loaded.predict(["hello"], task="a") == model.predict(["hello"], task="a")
+
+
+def test_cli_exports_a_mean_pooled_task_that_serves_without_the_library(trained, tmp_path, capsys):
+    from sentence_transformers import SentenceTransformer
+
+    out = tmp_path / "topic-st"
+    assert main(["export", "--checkpoint", str(trained["checkpoint"]), "--task", "topic", "--output", str(out)]) == 0
+    assert "SentenceTransformer" in capsys.readouterr().out
+    texts = ["goal match team", "bank stock market profit"]
+    served = torch.tensor(SentenceTransformer(str(out), device="cpu").encode(texts))
+    model = load_pretrained(trained["checkpoint"])
+    expected = [r["score"] for r in model.predict(texts, task="topic")]
+    assert served.softmax(-1).max(-1).values.tolist() == pytest.approx(expected, abs=1e-5)
