@@ -16,6 +16,8 @@ fixed, so fitting it afterwards gives the router the trainer would have stored.
 
     python benchmarks/task_inference.py --checkpoint runs/serve_webnlp/checkpoint --config configs/webnlp_local.yaml \
         --test-per-class 40 --name webnlp          # -> benchmarks/results/task_inference_webnlp.json
+    python benchmarks/task_inference.py ... --routing-view first_task --methods router router_class router_knn \
+        --name demo_first_task_view                # ablation: routers on the first task's view instead
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from exssnet_nlp import load_pretrained, load_training_config
 from exssnet_nlp.checkpoint import read_checkpoint_config
 from exssnet_nlp.data import load_task, resolve_task_spec, tokenize_dataset
 from exssnet_nlp.io import write_json_atomic
-from exssnet_nlp.serving import INFERENCE_METHODS, ROUTER_SAMPLES_PER_CLASS, fit_router, sample_per_class
+from exssnet_nlp.serving import INFERENCE_METHODS, ROUTER_SAMPLES_PER_CLASS, first_task_embedding, fit_router, sample_per_class
 from exssnet_nlp.serving.predict import task_max_length
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,10 +60,10 @@ def _count_forwards(model: Any) -> dict[str, int]:
     return counter
 
 
-def _fit_missing_routers(model: Any, specs: dict[str, Any], train_args: dict[str, Any]) -> dict[str, str]:
+def _fit_missing_routers(model: Any, specs: dict[str, Any], train_args: dict[str, Any], refit: bool) -> dict[str, str]:
     sources = {}
     for name in model.tasks:
-        if name in model.routers:
+        if name in model.routers and not refit:
             sources[name] = "checkpoint"
             continue
         data = load_task(specs[name], train_samples_per_class=train_args.get("train_samples_per_class"),
@@ -89,7 +91,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     missing = [t for t in model.tasks if t not in specs]
     if missing:
         raise SystemExit(f"{args.config} has no data for task(s) {missing}")
-    router_sources = _fit_missing_routers(model, specs, train_args)
+    if args.routing_view == "first_task":  # the ablation: the base class's default view instead of the method's
+        model.routing_embedding = lambda *a, **k: first_task_embedding(model, *a, **k)
+    router_sources = _fit_missing_routers(model, specs, train_args, refit=args.routing_view != "method")
 
     texts, true_task, true_label = [], [], []
     for name in model.tasks:
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     counter = _count_forwards(model)
     model.predict(texts[: args.batch_size], task=model.tasks[0], batch_size=args.batch_size)  # warm-up
     results: dict[str, Any] = {}
-    for method in ["true_task", *INFERENCE_METHODS]:
+    for method in ["true_task", *(args.methods or INFERENCE_METHODS)]:
         counter["rows"] = 0
         start = time.perf_counter()
         if method == "true_task":
@@ -142,6 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "inputs": n, "test_per_class": args.test_per_class, "batch_size": args.batch_size, "threads": args.threads,
         "max_length": {t: task_max_length(model, t) for t in model.tasks},
         "router_samples_per_class": ROUTER_SAMPLES_PER_CLASS, "router_sources": router_sources,
+        "routing_view": args.routing_view,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "torch": torch.__version__},
         "results": results,
@@ -172,6 +177,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", nargs="*", default=None, choices=INFERENCE_METHODS, help="Default: all.")
+    parser.add_argument("--routing-view", default="method", choices=["method", "first_task"],
+                        help="The routers' view: the method's routing_embedding (default), or the first task's view "
+                             "(the base-class default; an ablation, routers refitted on it).")
     parser.add_argument("--name", required=True, help="Result file: benchmarks/results/task_inference_<name>.json")
     args = parser.parse_args()
     report = run(args)
