@@ -195,6 +195,8 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]
     parser.add_argument("--lane", default="0/1", help="i/n: run every n-th cell starting at i (parallel processes)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 for side-by-side lanes)")
     parser.add_argument("--max-runs", type=int, default=None, help="stop after this many runs")
+    parser.add_argument("--start-before", type=float, default=None,
+                        help="seconds from launch after which no new cell starts (device time limits)")
     parser.add_argument("--model", default=None)
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
@@ -222,12 +224,15 @@ def main(argv: list[str] | None = None) -> int:
                  [int(s) for s in opts.seeds.split(",")])
     todo = [c for i, c in enumerate(todo) if i % lanes == lane]
     opts.results_dir.mkdir(parents=True, exist_ok=True)
-    done = 0
+    done, launched = 0, time.monotonic()
     for method, density, seed in todo:
         path = opts.results_dir / (cell_name(method, density, seed, opts.variant) + ".json")
         if path.exists():
             continue
         if opts.max_runs is not None and done >= opts.max_runs:
+            break
+        if opts.start_before is not None and time.monotonic() - launched > opts.start_before:
+            log(f"not starting {path.stem}: past --start-before {opts.start_before:g}s")
             break
         log(f"start {path.stem}")
         run = run_cell(opts, extra, method, density, seed)

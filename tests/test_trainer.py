@@ -113,7 +113,7 @@ def test_bad_input_fails_before_training(tiny_model_dir, tasks, tmp_path):
         make_args(tiny_model_dir, tmp_path, "exssnet", density=1.5)
     with pytest.raises(ValueError, match="method"):
         make_args(tiny_model_dir, tmp_path, "packnet")
-    with pytest.raises(ValueError, match="mask_learning_rate=0 must be a positive"):
+    with pytest.raises(ValueError, match="mask_learning_rate=0 must be a finite positive number"):
         make_args(tiny_model_dir, tmp_path, "exssnet", mask_learning_rate=0)
 
 
