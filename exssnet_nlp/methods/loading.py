@@ -76,8 +76,11 @@ def _install_serving(model: Any, data: dict[str, Any], directory: Any, reference
     if reference_used:
         model.encoder_reference = reference  # re-saving keeps the reference as the user gave it
     model.tokenizer = load_tokenizer(directory, data.get("tokenizer"))
-    if model.tokenizer is None and reference:
-        model.tokenizer = find_tokenizer(resolve_reference(reference))
+    if model.tokenizer is None and reference:  # checkpoints saved before tokenizers travelled with them
+        try:
+            model.tokenizer = find_tokenizer(resolve_reference(reference))
+        except ValueError:  # a `pkg:` model not installed here: predict() will ask for a tokenizer
+            model.tokenizer = None
     trained_length = ((data.get("trainer_state") or {}).get("args") or {}).get("max_length")
     for task in data["tasks"]:
         info = dict(task.get("serving") or {})

@@ -13,7 +13,6 @@ from transformers import DataCollatorWithPadding
 
 from ..checkpoint import read_config, resolve_checkpoint
 from ..data import load_task, resolve_task_spec, tokenize_dataset
-from ..export import find_tokenizer
 from ..methods import load_pretrained
 from ..tasks import module_device
 from .arguments import load_training_config
@@ -56,13 +55,10 @@ def accuracy(model: Any, batches: Iterable[dict[str, torch.Tensor]], task: str, 
 
 def load_for_inference(checkpoint: str | os.PathLike, revision: str | None = None,
                        device: str | torch.device | None = None) -> tuple[Any, Any]:
-    """(model in eval mode, tokenizer or None): the tokenizer from the checkpoint directory if it holds
-    one, else from the encoder's stored name or path."""
-    directory = resolve_checkpoint(checkpoint, revision)
-    model = load_pretrained(directory, device=device)
-    stored = read_config(directory)["encoder"].get("name_or_path")
-    local = directory if (directory / "tokenizer_config.json").is_file() or (directory / "tokenizer.json").is_file() else None
-    tokenizer = find_tokenizer(local, stored)
+    """(model in eval mode, tokenizer or None): the tokenizer saved with the checkpoint, else the encoder's own
+    (`load_pretrained` finds either: `model.tokenizer`)."""
+    model = load_pretrained(resolve_checkpoint(checkpoint, revision), device=device)
+    tokenizer = model.tokenizer
     if tokenizer is None:
         logger.warning("No tokenizer found for %s; pass one to predict() yourself.", checkpoint)
     return model, tokenizer
