@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 from datasets import ClassLabel, Dataset, IterableDataset
 
-from .specs import LABEL, TASK_REGISTRY, TEXT, TEXT_JOIN, TEXT_PAIR, TaskSpec, _builder_for
+from .specs import LABEL, TASK_REGISTRY, TEXT, TEXT_JOIN, TEXT_PAIR, TaskSpec, _builder_for, is_datasets_object
 
 logger = logging.getLogger(__name__)
 TEXT_FORMATS = ("json", "csv")  # read as UTF-8 text by `datasets`; parquet is binary
@@ -51,6 +51,23 @@ def _load_file(spec: TaskSpec, role: str) -> Dataset | IterableDataset:
                          f"fix the file or its extension") from e
 
 
+IN_MEMORY_TEST_SIZE = 0.2
+
+
+def _in_memory_splits(spec: TaskSpec) -> dict[str, Dataset | IterableDataset]:
+    """The splits of a `datasets` object given in the task list: a dict as it is, one Dataset split 80/20 (seeded)."""
+    ds = spec.dataset
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        return dict(ds)
+    if isinstance(ds, IterableDataset):
+        raise ValueError(f"task {spec.name!r}: one IterableDataset has no test split; give an IterableDatasetDict with "
+                         f"{spec.train_split!r} and {spec.test_split!r} splits")
+    parts = ds.train_test_split(test_size=IN_MEMORY_TEST_SIZE, seed=0)
+    logger.info("task %s: one Dataset given; %d rows train, %d test (a seeded %g split)", spec.name, len(parts["train"]),
+                len(parts["test"]), IN_MEMORY_TEST_SIZE)
+    return {spec.train_split: parts["train"], spec.test_split: parts["test"]}
+
+
 def _load_raw_splits(spec: TaskSpec) -> dict[str, Dataset | IterableDataset]:
     """Load train / test [/ validation] as they are on disk or on the Hub, before any checks."""
     if spec.has_files:
@@ -58,18 +75,25 @@ def _load_raw_splits(spec: TaskSpec) -> dict[str, Dataset | IterableDataset]:
         return {role: _load_file(spec, role) for role in roles}
     if spec.dataset is None:
         raise ValueError(f"task {spec.name!r} has neither a Hub dataset nor train_file/test_file; give one of them")
-    try:
-        loaded = datasets.load_dataset(spec.dataset, spec.dataset_config, streaming=spec.streaming)
-    except (ConnectionError, OSError) as e:
-        raise RuntimeError(f"could not load Hub dataset {spec.dataset!r} (config {spec.dataset_config!r}) for task {spec.name!r}: {e}. "
-                           f"Without Hub access give train_file/test_file instead.") from e
+    if is_datasets_object(spec.dataset):
+        loaded = _in_memory_splits(spec)
+    elif not isinstance(spec.dataset, str):
+        raise ValueError(f"task {spec.name!r}: `dataset` must be a Hub id or a datasets Dataset/DatasetDict, not "
+                         f"{type(spec.dataset).__name__}")
+    else:
+        try:
+            loaded = datasets.load_dataset(spec.dataset, spec.dataset_config, streaming=spec.streaming)
+        except (ConnectionError, OSError) as e:
+            raise RuntimeError(f"could not load Hub dataset {spec.dataset!r} (config {spec.dataset_config!r}) for task "
+                               f"{spec.name!r}: {e}. Without Hub access give train_file/test_file instead.") from e
     wanted = {"train": spec.train_split, "test": spec.test_split}
+    where = f"Hub dataset {spec.dataset!r}" if isinstance(spec.dataset, str) else f"the {type(spec.dataset).__name__} given"
     if spec.validation_split is not None:
         wanted["validation"] = spec.validation_split
     raw = {}
     for role, split in wanted.items():
         if split not in loaded:
-            raise ValueError(f"task {spec.name!r}: Hub dataset {spec.dataset!r} has no split {split!r} (its splits: {sorted(loaded)}); "
+            raise ValueError(f"task {spec.name!r}: {where} has no split {split!r} (its splits: {sorted(loaded)}); "
                              f"set {role}_split to one of them")
         raw[role] = loaded[split]
     return raw

@@ -36,7 +36,8 @@ class TaskSpec:
 
     Attributes:
         name: Task name (a key of `TASK_REGISTRY` to inherit its columns and labels).
-        dataset: Hub dataset id (``"fancyzhx/ag_news"``) or None for local files.
+        dataset: Hub dataset id (``"fancyzhx/ag_news"``), a ``datasets`` object (``DatasetDict`` with
+            train/test splits, or one ``Dataset`` split 80/20 into train/test), or None for local files.
         dataset_config: Hub config name (``"sst2"`` for GLUE) or None.
         train_file / validation_file / test_file: Local jsonl/json/csv/tsv/parquet paths.
         text_column: Column with the text, or a list of columns joined with one space
@@ -53,7 +54,7 @@ class TaskSpec:
     """
 
     name: str
-    dataset: str | None = None
+    dataset: Any = None  # a Hub id (str), or a datasets Dataset / DatasetDict / IterableDatasetDict given in memory
     dataset_config: str | None = None
     train_file: str | None = None
     validation_file: str | None = None
@@ -148,10 +149,20 @@ _INHERITED_WITH_FILES = ("text_column", "text_pair_column", "label_column", "num
 _FILE_FIELDS = ("train_file", "validation_file", "test_file")
 
 
+def is_datasets_object(value: Any) -> bool:
+    """A `datasets` Dataset, IterableDataset, DatasetDict or IterableDatasetDict (data given in memory)."""
+    import datasets
+
+    return isinstance(value, (datasets.Dataset, datasets.IterableDataset, datasets.DatasetDict, datasets.IterableDatasetDict))
+
+
 def _given_fields(spec: dict[str, Any] | TaskSpec | str) -> dict[str, Any]:
     """The fields the caller set: every key of a dict, the non-default fields of a TaskSpec, a bare name."""
     if isinstance(spec, str):
         return {"name": spec}
+    if is_datasets_object(spec):
+        raise ValueError(f"a {type(spec).__name__} in the task list needs a name: give it as "
+                         "{'name': 'my_task', 'dataset': ds} (with text_column / label_column / label_names as needed)")
     if isinstance(spec, TaskSpec):
         defaults = TaskSpec(name=spec.name)
         return {f.name: getattr(spec, f.name) for f in fields(TaskSpec)
