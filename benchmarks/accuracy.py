@@ -167,9 +167,9 @@ def machine_info() -> dict[str, Any]:
 
 def make_probe():
     """A callback that records the encoder's parameter dtype and device when training starts."""
-    from exssnet_nlp import TrainerCallback
+    from exssnet_nlp import ContinualCallback
 
-    class Probe(TrainerCallback):
+    class Probe(ContinualCallback):
         seen: dict[str, Any] = {}
 
         def on_train_begin(self, trainer) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 COMMANDS = {
@@ -35,20 +36,38 @@ def _train(rest: list[str]) -> int:
         argument_parser(method or DEFAULT_METHOD).print_help()
         return 0
     args, tasks = load_training_config(known.config, rest)
-    from .metrics import format_accuracy_matrix
     from .training.trainer import run_training
 
     results = run_training(args, tasks)
-    print("\nAccuracy matrix (%): row i = after training task i")
-    print(format_accuracy_matrix(results["accuracy_matrix"], results["tasks"]))
-    summary = {k: results[k] for k in ("average_accuracy", "bwt", "forgetting", "fwt")}
-    print(json.dumps(summary, indent=2))
-    print(f"results: {args.output_dir}/results.json, plot: {args.output_dir}/accuracy_matrix.png")
+    if int(os.environ.get("RANK", "0")) == 0:  # several processes: the main one prints (the matrix is in the log)
+        summary = {k: results[k] for k in ("average_accuracy", "bwt", "forgetting", "fwt")}
+        print(json.dumps(summary, indent=2))
+        print(f"results: {args.output_dir}/results.json, plots: {args.output_dir}/accuracy_matrix.png, "
+              f"{args.output_dir}/learning_curves.png")
     return 0
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="exssnet-nlp", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Continual learning for Hugging Face encoders: one model, many tasks, no forgetting.",
+        epilog="examples:\n  exssnet-nlp train --config configs/demo.yaml\n  exssnet-nlp train --config configs/demo.yaml "
+               "--method lora\n  exssnet-nlp train --method supsup --help      # every flag of a method, with its help\n"
+               "  exssnet-nlp predict --checkpoint runs/demo/checkpoint \"a text\"\n"
+               "  exssnet-nlp export --checkpoint runs/demo/checkpoint --task bbc_news --output exported/")
+    parser.add_argument("--version", action="version", version=f"exssnet-nlp {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
+    for name, text in COMMANDS.items():
+        commands.add_parser(name, help=text, add_help=False)  # each command parses its own flags (`COMMAND --help`)
+    return parser
 
 
 def _parser(name: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"exssnet-nlp {name}", description=COMMANDS[name], allow_abbrev=False)
+    parser.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="Logging level (default: info).")
     if name != "methods":
         parser.add_argument("--checkpoint", required=True, help="Checkpoint directory (or Hub repo id).")
     if name == "export":
@@ -145,19 +164,16 @@ def _predict(ns: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "--version":
-        from importlib.metadata import version
-
-        print(f"exssnet-nlp {version('exssnet-nlp')}")
-        return 0
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: exssnet-nlp {" + ",".join(COMMANDS) + "} ...\n")
-        for name, text in COMMANDS.items():
-            print(f"  {name:9s} {text}")
-        print("\nexamples:\n  exssnet-nlp train --config configs/demo.yaml\n  exssnet-nlp train --config configs/demo.yaml --method lora"
-              "\n  exssnet-nlp export --checkpoint runs/demo/checkpoint --task bbc_news --output exported/")
-        return 0 if (not argv or argv[0] in ("-h", "--help")) else 2
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if not argv or argv[0] not in COMMANDS:
+        try:  # --help, --version, a typo: argparse answers (without importing torch)
+            _top_parser().parse_args(argv or ["--help"])
+        except SystemExit as done:
+            return int(done.code or 0)
+    probe = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    probe.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
+    level = probe.parse_known_args(argv[1:])[0].log_level
+    # The application configures handlers; the library only logs.
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level.upper())
     try:
         if argv[0] == "train":
             return _train(argv[1:])

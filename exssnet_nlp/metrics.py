@@ -166,8 +166,12 @@ def format_accuracy_matrix(A: Matrix, tasks: Sequence[str], untrained: Sequence[
     return "\n".join(lines)
 
 
-def plot_accuracy_matrix(A: Matrix, tasks: Sequence[str], path: str | os.PathLike[str], title: str | None = None) -> Path:
+def plot_accuracy_matrix(A: Matrix, tasks: Sequence[str], path: str | os.PathLike[str], title: str | None = None,
+                         mark_untrained: bool = False) -> Path:
     """Save the matrix as an annotated heatmap PNG (percent; blank where not evaluated), atomically.
+
+    With `mark_untrained`, cells right of the diagonal (task j evaluated before it was trained: the forward-
+    transfer reference) are hatched and labelled "untrained".
 
     Uses the Agg canvas directly (no pyplot), so it works headless and leaves the global
     matplotlib backend alone.
@@ -175,6 +179,7 @@ def plot_accuracy_matrix(A: Matrix, tasks: Sequence[str], path: str | os.PathLik
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     size = _check_square(A)
     if len(tasks) != size:
@@ -192,11 +197,46 @@ def plot_accuracy_matrix(A: Matrix, tasks: Sequence[str], path: str | os.PathLik
     ax.set_ylabel("trained through")
     for i in range(size):
         for j in range(size):
-            if not np.isnan(values[i, j]):
-                ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", color="white" if values[i, j] < 60 else "black", fontsize=9)
+            if np.isnan(values[i, j]):
+                continue
+            untrained = mark_untrained and j > i
+            if untrained:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="lightgray", linewidth=0))
+            label = f"{values[i, j]:.1f}" + ("\nuntrained" if untrained else "")
+            ax.text(j, i, label, ha="center", va="center", color="white" if values[i, j] < 60 else "black",
+                    fontsize=8 if untrained else 9, style="italic" if untrained else "normal")
     ax.set_title(title or "accuracy matrix")
     fig.tight_layout()
     return write_bytes_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
+
+
+def plot_learning_curves(curves: Mapping[str, Mapping[str, Sequence[Mapping[str, float]]]], tasks: Sequence[str],
+                         path: str | os.PathLike[str]) -> Path:
+    """Validation accuracy against optimizer steps, one panel per task, one line per phase (PNG, atomically)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    shown = [t for t in tasks if curves.get(t)]
+    columns = max(1, min(len(shown), 3))
+    rows = max(1, -(-len(shown) // columns))
+    fig = Figure(figsize=(4.2 * columns, 3.0 * rows))
+    FigureCanvasAgg(fig)
+    for k, task in enumerate(shown):
+        ax = fig.add_subplot(rows, columns, k + 1)
+        offset = 0
+        for phase, points in curves[task].items():
+            steps = [offset + p["step"] for p in points]
+            ax.plot(steps, [None if p["accuracy"] is None else 100.0 * p["accuracy"] for p in points], marker="o", label=phase)
+            offset = steps[-1] if steps else offset
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel("optimizer step (phases one after another)", fontsize=8)
+        ax.set_ylabel("validation accuracy (%)", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if not shown:
+        fig.add_subplot(1, 1, 1).text(0.5, 0.5, "no validation points (validation_samples_per_class: 0)", ha="center")
+    fig.tight_layout()
+    return write_bytes_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
 
 
 def capacity_summary(capacity: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:

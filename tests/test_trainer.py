@@ -15,6 +15,7 @@ from conftest import WORDS, make_args, write_task
 from exssnet_nlp import ExSSNetModel
 from exssnet_nlp.cli import main
 from exssnet_nlp.training import ContinualCallback, ContinualTrainer, build_model, load_training_config
+from exssnet_nlp.training.loop import learning_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
@@ -121,10 +122,10 @@ def test_dense_baselines_have_their_own_learning_rate(tiny_model_dir, tasks, tmp
     args = make_args(tiny_model_dir, tmp_path / "a", "independent", weight_learning_rate=1e-3)
     trainer = ContinualTrainer(build_model(args), args, tasks[:1])
     (phase,) = trainer.model.phases()
-    assert trainer._learning_rate(phase.learning_rate, phase.name) == 1e-3  # default: the weight phase's
+    assert learning_rate(trainer.args, phase.learning_rate, phase.name) == 1e-3  # default: the weight phase's
     args = make_args(tiny_model_dir, tmp_path / "b", "independent", weight_learning_rate=1e-3, dense_learning_rate=2e-5)
     trainer = ContinualTrainer(build_model(args), args, tasks[:1])
-    assert trainer._learning_rate(phase.learning_rate, phase.name) == 2e-5
+    assert learning_rate(trainer.args, phase.learning_rate, phase.name) == 2e-5
 
 
 def test_yaml_config_and_cli_overrides(tiny_model_dir, tasks, tmp_path):

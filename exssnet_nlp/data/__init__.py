@@ -9,6 +9,7 @@ in the middle of training raises `ValueError` here, naming the problem and the f
 
 from .loading import load_task
 from .specs import LABEL, STREAM_SHUFFLE_BUFFER, TASK_REGISTRY, TEXT, TEXT_PAIR, TaskData, TaskSpec, class_counts, resolve_task_spec
+from .streaming import materialize
 from .tokenize import tokenize_dataset, tokenize_task
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "TaskSpec",
     "class_counts",
     "load_task",
+    "materialize",
     "resolve_task_spec",
     "tokenize_dataset",
     "tokenize_task",

@@ -7,7 +7,7 @@ from typing import Any
 
 import datasets
 import numpy as np
-from datasets import IterableDataset
+from datasets import Dataset, IterableDataset
 from datasets.distributed import split_dataset_by_node
 
 from .sources import _check_columns, _check_label_range, _Columns, _load_raw_splits, _normalise
@@ -104,3 +104,17 @@ def _load_streaming(spec: TaskSpec, n_train: int | None, n_eval: int | None, n_v
 
 # ---------------------------------------------------------------------------------------------
 # tokenisation
+
+
+def materialize(data: TaskData) -> TaskData:
+    """A streamed task's per-class samples read into memory (what training by epochs needs: a length).
+
+    Only for splits bounded by per-class caps: the trainer asks for `train_samples_per_class` and caps the
+    test split, so a stream of any size is read only as far as those samples need.
+    """
+    splits = {}
+    for name in ("train", "validation", "test"):
+        split = getattr(data, name)
+        splits[name] = None if split is None else Dataset.from_list(list(split), features=split.features)
+    return TaskData(spec=data.spec, train=splits["train"], validation=splits["validation"], test=splits["test"],
+                    num_labels=data.num_labels, label_names=data.label_names, extra={**data.extra, "materialized": True})

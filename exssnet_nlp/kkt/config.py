@@ -59,16 +59,19 @@ class KKTConfig:
         seed: Seeds the sample, the held-out split and the tie-breaks of the initial mask.
     """
 
-    mode: str = "best"
-    k: int | None = None
-    sample_fraction: float = 0.1
-    max_samples: int = 1000
-    min_samples: int = 100
-    pooling: str = "mean"
-    test_size: float = 0.3
-    batch_size: int = 64
-    min_improvement: float | None = None
-    seed: int = 0
+    mode: str = field(default="best", metadata={
+        "help": "best (start from the earlier task whose mask scores best, if above chance) | all (a weighted vote of "
+                "every such mask) | off."})
+    k: int | None = field(default=None, metadata={"help": "KNN neighbours; none: about sqrt(fitting examples), odd, in [1, 25]."})
+    sample_fraction: float = field(default=0.1, metadata={"help": "Fraction of the new task's training set sampled (0, 1]."})
+    max_samples: int = field(default=1000, metadata={"help": "Cap on the sample size."})
+    min_samples: int = field(default=100, metadata={"help": "Floor on the sample size (or every example when fewer)."})
+    pooling: str = field(default="mean", metadata={"help": "Sentence embedding for the KNN: mean (over real tokens) | cls."})
+    test_size: float = field(default=0.3, metadata={"help": "Held-out fraction of the sample the KNN is scored on (0, 1)."})
+    batch_size: int = field(default=64, metadata={"help": "Examples per forward pass when embedding."})
+    min_improvement: float | None = field(default=None, metadata={
+        "help": "Margin above chance a KNN accuracy needs; none: 2.5 binomial standard errors of chance on the held-out split."})
+    seed: int = field(default=0, metadata={"help": "Seeds the sample, the held-out split and tie-breaks (the run's seed)."})
 
     def __post_init__(self) -> None:
         if self.mode not in KKT_MODES:

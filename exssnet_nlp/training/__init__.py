@@ -2,7 +2,7 @@
 
 from .arguments import ContinualTrainingArguments, load_training_config, resolve_model_path
 from .evaluation import accuracy, evaluate_checkpoint, load_for_inference, predict
-from .trainer import ContinualCallback, ContinualTrainer, TrainerCallback, build_model, run_training
+from .trainer import ContinualCallback, ContinualTrainer, build_model, run_training
 
-__all__ = ["ContinualCallback", "ContinualTrainer", "ContinualTrainingArguments", "TrainerCallback", "accuracy", "build_model",
+__all__ = ["ContinualCallback", "ContinualTrainer", "ContinualTrainingArguments", "accuracy", "build_model",
            "evaluate_checkpoint", "load_for_inference", "load_training_config", "predict", "resolve_model_path", "run_training"]

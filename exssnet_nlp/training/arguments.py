@@ -79,9 +79,19 @@ class ContinualTrainingArguments:
     save_checkpoints: bool = field(default=True, metadata={"help": "Save the model after each task (needed for resume)."})
     disable_tqdm: bool | None = field(default=None, metadata={"help": "Hide progress bars (default: only when not a TTY)."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    report_to: str = field(default="none", metadata={
+        "help": "Trackers for losses, validation curves and accuracy matrices, through Accelerate: none, all, or a comma "
+                "list of tensorboard, wandb, trackio, mlflow, comet_ml, aim, clearml, dvclive (logs go to output_dir)."})
+    log_level: str = field(default="info", metadata={
+        "help": "Level of the exssnet_nlp logger on the main process: debug, info, warning, error (other processes: "
+                "warning). Only the command line configures logging handlers."})
 
     def __post_init__(self) -> None:
         spec = get_method(self.method)
+        self.report_to = _trackers(self.report_to)
+        if str(self.log_level).lower() not in LOG_LEVELS:
+            raise ValueError(f"log_level={self.log_level!r} is not valid; allowed values: {', '.join(LOG_LEVELS)}.")
+        self.log_level = str(self.log_level).lower()
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is not valid; allowed values: no, fp16, bf16.")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
@@ -160,10 +170,25 @@ class ContinualTrainingArguments:
         return cls(**data, method_config=method_config, kkt=kkt)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow", "comet_ml", "aim", "clearml", "dvclive")
+
+
+def _trackers(value: Any) -> str:
+    """`report_to` as a canonical comma list ("none", "all" or known tracker names)."""
+    names = [n.strip().lower() for n in (value.split(",") if isinstance(value, str) else list(value or ["none"])) if n.strip()]
+    if names in ([], ["none"]) or names == ["all"]:
+        return names[0] if names else "none"
+    unknown = [n for n in names if n not in TRACKERS]
+    if unknown:
+        raise ValueError(f"report_to={value!r}: unknown tracker(s) {unknown}; use none, all, or some of {', '.join(TRACKERS)}.")
+    return ",".join(names)
+
+
 # Settings that change neither the model nor the data a run learns from: a resumed run may change them.
 RESUME_FREE = frozenset({"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "logging_steps", "disable_tqdm",
                          "save_checkpoints", "dataloader_num_workers", "per_device_eval_batch_size", "evaluations_per_phase",
-                         "cpu", "tasks"})
+                         "cpu", "tasks", "report_to", "log_level"})
 
 
 def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -14,23 +13,23 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from ..checkpoint import recover_checkpoint
-from ..data import TaskData, TaskSpec, load_task, resolve_task_spec, tokenize_dataset
-from ..io import write_json_atomic
+from ..data import TaskData, TaskSpec, load_task, materialize, resolve_task_spec, tokenize_dataset
 from ..methods import ContinualModel, load_pretrained
-from ..methods.base import Phase
-from ..metrics import capacity_summary, format_accuracy_matrix, plot_accuracy_matrix, summarize
+from ..metrics import capacity_summary, summarize
 from ..serving import prepare_serving
 from ..targets import check_max_length
 from .arguments import ContinualTrainingArguments, resolve_model_path, resume_differences
 from .evaluation import accuracy
+from .loop import train_phase
+from .reporting import RESULTS_FILE, configure_logging, describe_run, final_metrics, task_metrics, tracker_config, write_outputs
 
 logger = logging.getLogger("exssnet_nlp")
 
-RESULTS_FILE = "results.json"
 CHECKPOINT_DIR = "checkpoint"
+STREAM_EVAL_SAMPLES_PER_CLASS = 200  # a streamed test split is sampled, never read whole
 
 
 class ContinualCallback:
@@ -48,8 +47,6 @@ class ContinualCallback:
     def on_train_end(self, trainer: ContinualTrainer, results: dict[str, Any]) -> None: ...
 
 
-# The old name, kept for existing code; it is not transformers' TrainerCallback.
-TrainerCallback = ContinualCallback
 
 
 def build_model(args: ContinualTrainingArguments, encoder: Any = None) -> ContinualModel:
@@ -80,10 +77,18 @@ class ContinualTrainer:
         self.model = model
         self.args = args
         self.callbacks = list(callbacks or [])
+        foreign = [type(cb).__name__ for cb in self.callbacks if not isinstance(cb, ContinualCallback)]
+        if foreign:
+            # transformers' TrainerCallback events take (args, state, control): they belong to transformers.Trainer.
+            raise ValueError(f"callbacks {foreign} are not exssnet_nlp.ContinualCallback subclasses; subclass "
+                             "ContinualCallback (events on_train_begin, on_task_begin, on_phase_end, on_evaluate, on_task_end, "
+                             "on_train_end, each given the trainer) instead of transformers.TrainerCallback.")
         # Without a GPU, a multi-process launch (torchrun, accelerate launch) means gloo on CPU: Accelerate
         # only picks that when told cpu=True.
         cpu = args.cpu or (not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
-        self.accelerator = accelerator or Accelerator(mixed_precision=args.mixed_precision, cpu=cpu,
+        trackers = None if args.report_to == "none" else args.report_to.split(",") if args.report_to != "all" else "all"
+        self.accelerator = accelerator or Accelerator(mixed_precision=args.mixed_precision, cpu=cpu, log_with=trackers,
+                                                      project_dir=args.output_dir,
                                                       gradient_accumulation_steps=args.gradient_accumulation_steps)
         self.output_dir = Path(args.output_dir)
         self._check_output_dir()
@@ -115,9 +120,19 @@ class ContinualTrainer:
         if isinstance(task, TaskData):
             return task
         spec = resolve_task_spec({"name": task} if isinstance(task, str) else task)
-        return load_task(spec, train_samples_per_class=self.args.train_samples_per_class,
-                         eval_samples_per_class=self.args.eval_samples_per_class,
+        eval_cap = self.args.eval_samples_per_class
+        if spec.streaming:
+            # A stream is read only as far as the per-class samples need: training by epochs wants a length.
+            if self.args.train_samples_per_class is None:
+                raise ValueError(f"task {spec.name!r} is streamed: set train_samples_per_class (the per-class sample the "
+                                 "trainer takes from the stream), or set streaming: false to load it whole.")
+            if eval_cap is None:
+                eval_cap = STREAM_EVAL_SAMPLES_PER_CLASS
+                logger.info("task %s is streamed: evaluating on %d test examples per class (eval_samples_per_class)",
+                            spec.name, eval_cap)
+        data = load_task(spec, train_samples_per_class=self.args.train_samples_per_class, eval_samples_per_class=eval_cap,
                          validation_samples_per_class=self.args.validation_samples_per_class, seed=self.args.seed)
+        return materialize(data) if spec.streaming else data
 
     def _fresh_state(self) -> dict[str, Any]:
         n = len(self.task_names)
@@ -141,9 +156,20 @@ class ContinualTrainer:
         return DataLoader(dataset, batch_size=batch, shuffle=train, collate_fn=collator, generator=generator,
                           num_workers=self.args.dataloader_num_workers)
 
-    def _progress(self, total: int, desc: str):
+    def train_loader(self, index: int, seed: int) -> DataLoader:
+        """The shuffled training loader of task `index` (seeded per task and phase: a resumed run sees the same batches)."""
+        return self._loader(self._train_sets[index], train=True, seed=seed)
+
+    def log_metrics(self, values: dict[str, float], step: int | None = None) -> None:
+        """Send `values` to the trackers of `report_to` (none by default), at the run's global step."""
+        self.global_step = getattr(self, "global_step", 0) + (1 if step is None else 0)
+        if self.args.report_to != "none":
+            self.accelerator.log(values, step=self.global_step if step is None else step)
+
+    def progress_bar(self, total: int, desc: str, position: int = 1, leave: bool = False):
         disable = self.args.disable_tqdm if self.args.disable_tqdm is not None else None
-        return tqdm(total=total, desc=desc, disable=disable or not self.accelerator.is_local_main_process, leave=False)
+        return tqdm(total=total, desc=desc, disable=disable or not self.accelerator.is_local_main_process, leave=leave,
+                    position=position)
 
     # --- evaluation --------------------------------------------------------------------------
     def evaluate(self, task: str, split: str = "test") -> float:
@@ -153,74 +179,6 @@ class ContinualTrainer:
             return float("nan")
         return accuracy(self.model, loader, task, self.accelerator)
 
-    # --- one phase ---------------------------------------------------------------------------
-    def _learning_rate(self, settings: tuple[str, ...], phase: str) -> float:
-        """The first of `settings` that is set (method config first, then these arguments)."""
-        lr = next((self.args.setting(n) for n in settings if self.args.setting(n) is not None), None)
-        if lr is None:
-            raise ValueError(f"phase {phase!r} of method {self.args.method!r} has no learning rate: set one of {settings}.")
-        return float(lr)
-
-    def _train_phase(self, index: int, position: int, phase: Phase) -> dict[str, Any]:
-        args, acc = self.args, self.accelerator
-        task = self.task_names[index]
-        epochs = float(args.setting(phase.epochs))
-        lr = self._learning_rate(phase.learning_rate, phase.name)
-        self.model.begin_phase(phase.name)
-        groups = [{"params": params, "lr": lr if settings is None else self._learning_rate(settings, phase.name)}
-                  for settings, params in self.model.parameter_groups(phase.name)]
-        groups.append({"params": self.model.head_parameters(task), "lr": args.head_learning_rate or lr})
-        groups = [g for g in groups if g["params"]]
-        phase = phase.name
-        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=args.weight_decay)
-        loader = self._loader(self._train_sets[index], train=True, seed=args.seed + 1000 * index + position + 1)
-        steps_per_epoch = math.ceil(len(loader) / max(acc.num_processes, 1) / args.gradient_accumulation_steps)
-        total_steps = max(int(round(epochs * steps_per_epoch)), 0)
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), max(total_steps, 1))
-        # Re-prepare at every phase: DDP registers the trainable parameters when it wraps.
-        model, optimizer, loader, scheduler = acc.prepare(self.model, optimizer, loader, scheduler)
-        eval_at = {max(1, round(total_steps * (i + 1) / args.evaluations_per_phase)) for i in range(args.evaluations_per_phase)}
-        curve: list[dict[str, Any]] = []
-        losses: list[float] = []
-        step, running, start = 0, 0.0, time.perf_counter()
-        progress = self._progress(total_steps, f"{task} [{phase}]")
-        model.train()
-        while step < total_steps:
-            for batch in loader:
-                with acc.accumulate(model):
-                    loss = model(**batch, task=task).loss
-                    acc.backward(loss)
-                    if acc.sync_gradients and args.max_grad_norm:
-                        acc.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], args.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                running += float(loss.detach())
-                if not acc.sync_gradients:
-                    continue
-                step += 1
-                progress.update(1)
-                if step % args.logging_steps == 0 or step == total_steps:
-                    mean = running / (args.logging_steps * args.gradient_accumulation_steps if step % args.logging_steps == 0
-                                      else max(1, (step % args.logging_steps) * args.gradient_accumulation_steps))
-                    losses.append(mean)
-                    progress.set_postfix(loss=f"{mean:.4f}")
-                    running = 0.0
-                if step in eval_at:
-                    curve.append({"step": step, "fraction": step / total_steps, "accuracy": self.evaluate(task, "validation")})
-                    model.train()
-                if step >= total_steps:
-                    break
-        progress.close()
-        seconds = time.perf_counter() - start
-        self.model = acc.unwrap_model(model, keep_fp32_wrapper=False)
-        acc.free_memory()  # drops the references prepare kept; the next phase prepares afresh
-        metrics = {"phase": phase, "steps": total_steps, "seconds": seconds, "losses": losses, "curve": curve,
-                   "validation_accuracy": curve[-1]["accuracy"] if curve else None}
-        for cb in self.callbacks:
-            cb.on_phase_end(self, task, phase, metrics)
-        return metrics
-
     # --- the sequence -------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
         """Learn every task in order; returns (and writes) the results."""
@@ -228,6 +186,7 @@ class ContinualTrainer:
         if self.args.overwrite_output_dir and acc.is_main_process:
             # The old run's results go now: left beside a new partial run, they would make its resume refuse.
             (self.output_dir / RESULTS_FILE).unlink(missing_ok=True)
+        configure_logging(self)
         self._maybe_resume()
         self.model.to(acc.device)
         self._train_sets = [self._tokenize(d, "train") for d in self.task_data]
@@ -240,18 +199,28 @@ class ContinualTrainer:
                 dataset = self._tokenize(data, split)
                 self._eval_loaders[(self.task_names[i], split)] = (
                     None if dataset is None else acc.prepare(self._loader(dataset, train=False, seed=0)))
+        if acc.is_main_process:
+            logger.info("run: %s", describe_run(self))
+        if self.args.report_to != "none":
+            acc.init_trackers(self.output_dir.name or "exssnet-nlp", config=tracker_config(self.args))
         for cb in self.callbacks:
             cb.on_train_begin(self)
         start_run = time.perf_counter()
         if self.state["next_task"] == 0 and any(u is None for u in self.state["untrained"]):
             self._measure_untrained()
+        # One bar over the whole sequence; each phase's bar runs under it.
+        self._sequence_bar = self.progress_bar(len(self.task_names), "tasks", position=0, leave=True)
+        self._sequence_bar.update(self.state["next_task"])
         for index in range(self.state["next_task"], len(self.task_names)):
             self._learn(index)
+            self._sequence_bar.update(1)
+        self._sequence_bar.close()
         results = self._results(time.perf_counter() - start_run)
         if acc.is_main_process:
-            write_json_atomic(self.output_dir / RESULTS_FILE, results)
-            plot_accuracy_matrix(results["accuracy_matrix"], self.task_names, self.output_dir / "accuracy_matrix.png")
-            logger.info("accuracy matrix (%%):\n%s", format_accuracy_matrix(results["accuracy_matrix"], self.task_names))
+            write_outputs(self.output_dir, results)
+        self.log_metrics(final_metrics(results))
+        if self.args.report_to != "none":
+            acc.end_training()
         acc.wait_for_everyone()
         for cb in self.callbacks:
             cb.on_train_end(self, results)
@@ -282,7 +251,7 @@ class ContinualTrainer:
             self.state["accuracy_matrix"][index - 1][index] = self.evaluate(name)
         phases = {}
         for position, phase in enumerate(self.model.phases()):
-            metrics = self._train_phase(index, position, phase)
+            metrics = train_phase(self, index, position, phase)
             phases[phase.name] = metrics
             timings[phase.name] = metrics["seconds"]
         self.model.finish_task()
@@ -300,10 +269,11 @@ class ContinualTrainer:
         self.state["timings"][name] = timings
         self.state["storage"][name] = self.model.task_storage_bytes(name)
         val = {p: m["validation_accuracy"] for p, m in phases.items()}
-        last_loss = {p: (m["losses"][-1] if m["losses"] else None) for p, m in phases.items()}
+        last_loss = {p: (m["losses"][-1]["loss"] if m["losses"] else None) for p, m in phases.items()}
         if self.accelerator.is_main_process:
             logger.info("task %d/%d %s: loss %s, validation accuracy %s, test accuracy %.4f (%.1fs)", index + 1,
                         len(self.task_names), name, _fmt(last_loss), _fmt(val), accuracies[name], sum(timings.values()))
+        self.log_metrics(task_metrics(name, index, accuracies))
         for cb in self.callbacks:
             cb.on_evaluate(self, name, accuracies)
         self.state["next_task"] = index + 1
@@ -391,8 +361,9 @@ def _fmt(values: dict[str, Any]) -> str:
 
 def run_training(args: ContinualTrainingArguments, tasks: list[dict | str] | None = None,
                  callbacks: list[ContinualCallback] | None = None) -> dict[str, Any]:
-    """Build the model for `args` and learn `tasks` (default: `args.tasks`). Returns the results."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    """Build the model for `args` and learn `tasks` (default: `args.tasks`). Returns the results.
+
+    Logging handlers are the application's business: this configures none (the CLI does)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     model = build_model(args)
     trainer = ContinualTrainer(model, args, tasks or args.tasks or [], callbacks=callbacks)

@@ -1,0 +1,93 @@
+"""The training loop of one phase of one task: optimizer, schedule, steps, losses, validation curve.
+
+The one place a training step happens (every method, every phase): the trainer decides what to learn and
+in which order; this module learns it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from ..methods.base import Phase
+
+
+def learning_rate(args: Any, settings: tuple[str, ...], phase: str) -> float:
+    """The first of `settings` that is set (method config first, then the run's arguments)."""
+    lr = next((args.setting(n) for n in settings if args.setting(n) is not None), None)
+    if lr is None:
+        raise ValueError(f"phase {phase!r} of method {args.method!r} has no learning rate: set one of {settings}.")
+    return float(lr)
+
+
+def steps_of(loader_batches: int, epochs: float, num_processes: int, accumulation: int) -> int:
+    """Optimizer steps of a phase: epochs x batches per process / accumulation (rounded)."""
+    per_epoch = math.ceil(loader_batches / max(num_processes, 1) / accumulation)
+    return max(int(round(epochs * per_epoch)), 0)
+
+
+def train_phase(trainer: Any, index: int, position: int, phase: Phase) -> dict[str, Any]:
+    """Run phase `phase` (the `position`-th) of task `index`; returns its metrics (and tells the callbacks)."""
+    args, acc, model = trainer.args, trainer.accelerator, trainer.model
+    task = trainer.task_names[index]
+    epochs = float(args.setting(phase.epochs))
+    lr = learning_rate(args, phase.learning_rate, phase.name)
+    model.begin_phase(phase.name)
+    groups = [{"params": params, "lr": lr if settings is None else learning_rate(args, settings, phase.name)}
+              for settings, params in model.parameter_groups(phase.name)]
+    groups.append({"params": model.head_parameters(task), "lr": args.head_learning_rate or lr})
+    groups = [g for g in groups if g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=args.weight_decay)
+    loader = trainer.train_loader(index, seed=args.seed + 1000 * index + position + 1)
+    total_steps = steps_of(len(loader), epochs, acc.num_processes, args.gradient_accumulation_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), max(total_steps, 1))
+    # Re-prepare at every phase: DDP registers the trainable parameters when it wraps.
+    wrapped, optimizer, loader, scheduler = acc.prepare(model, optimizer, loader, scheduler)
+    eval_at = {max(1, round(total_steps * (i + 1) / args.evaluations_per_phase)) for i in range(args.evaluations_per_phase)}
+    curve: list[dict[str, Any]] = []
+    losses: list[dict[str, Any]] = []
+    step, running, batches, start = 0, 0.0, 0, time.perf_counter()
+    progress = trainer.progress_bar(total_steps, f"{task} [{phase.name}]")
+    wrapped.train()
+    while step < total_steps:
+        for batch in loader:
+            with acc.accumulate(wrapped):
+                loss = wrapped(**batch, task=task).loss
+                acc.backward(loss)
+                if acc.sync_gradients and args.max_grad_norm:
+                    acc.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            running += float(loss.detach())
+            batches += 1
+            if not acc.sync_gradients:
+                continue
+            step += 1
+            progress.update(1)
+            if step % args.logging_steps == 0 or step == total_steps:
+                mean = running / max(batches, 1)
+                losses.append({"step": step, "loss": mean})
+                progress.set_postfix(loss=f"{mean:.4f}")
+                trainer.log_metrics({f"{task}/{phase.name}/loss": mean, f"{task}/{phase.name}/lr": scheduler.get_last_lr()[0]})
+                running, batches = 0.0, 0
+            if step in eval_at:
+                point = {"step": step, "fraction": step / total_steps, "accuracy": trainer.evaluate(task, "validation")}
+                curve.append(point)
+                trainer.log_metrics({f"{task}/{phase.name}/validation_accuracy": point["accuracy"]})
+                wrapped.train()
+            if step >= total_steps:
+                break
+    progress.close()
+    seconds = time.perf_counter() - start
+    trainer.model = acc.unwrap_model(wrapped, keep_fp32_wrapper=False)
+    acc.free_memory()  # drops the references prepare kept; the next phase prepares afresh
+    metrics = {"phase": phase.name, "steps": total_steps, "seconds": seconds, "losses": losses, "curve": curve,
+               "validation_accuracy": curve[-1]["accuracy"] if curve else None}
+    for cb in trainer.callbacks:
+        cb.on_phase_end(trainer, task, phase.name, metrics)
+    return metrics
