@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import re
-
-from torch import nn
+from typing import Any
 
 # The encoder's linear layers by part, per `model_type`, as regexes over full module names. `ffn` must not
 # match the attention output projection, which BERT also names `...output.dense`.
@@ -62,8 +61,10 @@ def module_matches(name: str, targets: list[str] | str) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
-def target_linears(encoder: nn.Module, targets: list[str] | str, model_type: str) -> list[str]:
+def target_linears(encoder: Any, targets: list[str] | str, model_type: str) -> list[str]:
     """Full names of the encoder's `nn.Linear` modules `targets` selects; refuses an empty selection."""
+    from torch import nn  # here, not at import: configs (and `--help`) use this module without torch
+
     names = [n for n, m in encoder.named_modules() if isinstance(m, nn.Linear) and module_matches(n, targets)]
     if not names:
         linears = [n for n, m in encoder.named_modules() if isinstance(m, nn.Linear)][:8]
@@ -72,13 +73,13 @@ def target_linears(encoder: nn.Module, targets: list[str] | str, model_type: str
     return names
 
 
-def replace_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+def replace_submodule(root: Any, name: str, module: Any) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, module)
 
 
-def check_max_length(encoder: nn.Module, max_length: int) -> None:
+def check_max_length(encoder: Any, max_length: int) -> None:
     """Refuse a `max_length` beyond the encoder's position embeddings (an index error deep in a forward, else)."""
     positions = getattr(getattr(encoder, "config", None), "max_position_embeddings", None)
     if not isinstance(positions, int):

@@ -13,16 +13,6 @@ from torch import nn
 CREATED = "created"
 FINISHED = "finished"
 
-# The activation of each architecture's own sequence-classification head, so that a
-# CLS-pooled task exports to the encoder's `...ForSequenceClassification` exactly.
-DEFAULT_HEAD_ACTIVATION: dict[str, str] = {
-    "bert": "tanh",
-    "roberta": "tanh",
-    "xlm-roberta": "tanh",
-    "camembert": "tanh",
-    "electra": "gelu",
-    "distilbert": "relu",
-}
 ACTIVATIONS = {"tanh": nn.Tanh, "gelu": nn.GELU, "relu": nn.ReLU}
 
 

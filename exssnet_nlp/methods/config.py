@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ..tasks import DEFAULT_HEAD_ACTIVATION
-
 POOLINGS = ("cls", "mean")
 HEAD_ACTIVATIONS = ("tanh", "gelu", "relu")
 
@@ -15,6 +13,18 @@ def check_choice(owner: str, name: str, value: Any, allowed: tuple[str, ...]) ->
     """Refuse a setting outside its choices, naming them."""
     if value not in allowed:
         raise ValueError(f"{owner}.{name}={value!r} is not valid; allowed values: {', '.join(allowed)}.")
+
+
+# The activation of each architecture's own sequence-classification head, so that a
+# CLS-pooled task exports to the encoder's `...ForSequenceClassification` exactly.
+DEFAULT_HEAD_ACTIVATION: dict[str, str] = {
+    "bert": "tanh",
+    "roberta": "tanh",
+    "xlm-roberta": "tanh",
+    "camembert": "tanh",
+    "electra": "gelu",
+    "distilbert": "relu",
+}
 
 
 @dataclass

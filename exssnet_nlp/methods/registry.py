@@ -9,6 +9,7 @@ Nothing else is edited to add one.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -21,9 +22,18 @@ class MethodSpec:
 
     name: str
     config_class: type
-    model_class: type
+    model: type | str  # the class, or "package.module:Class", imported on first use (configs and --help need no torch)
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+
+    @property
+    def model_class(self) -> type:
+        if isinstance(self.model, str):
+            module, _, name = self.model.partition(":")
+            model_class = getattr(importlib.import_module(module), name)
+            _check_model_class(model_class)
+            object.__setattr__(self, "model", model_class)
+        return self.model  # type: ignore[return-value]
 
     def config_fields(self) -> list:
         """The config's fields a user sets (the ones the method name implies are left out)."""
@@ -44,15 +54,27 @@ class MethodSpec:
         return self.model_class.from_encoder(encoder, self.make_config(config), **from_pretrained_kwargs)
 
 
-def register_method(name: str, config_class: type, model_class: type, *, defaults: dict[str, Any] | None = None,
-                    description: str = "") -> MethodSpec:
-    """Make method `name` available to the trainer, the CLI and checkpoint loading."""
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"method name {name!r} must be an identifier (letters, digits, underscores).")
+def _check_model_class(model_class: type) -> None:
     for attr in ("from_encoder", "phases", "add_task", "begin_phase", "finish_task", "discard_task", "task_state", "install_task"):
         if not callable(getattr(model_class, attr, None)):
             raise ValueError(f"{model_class.__name__} lacks {attr}(); subclass exssnet_nlp.methods.base.ContinualModel.")
-    if name in _REGISTRY and _REGISTRY[name].model_class is not model_class:
+
+
+def register_method(name: str, config_class: type, model_class: type | str, *, defaults: dict[str, Any] | None = None,
+                    description: str = "") -> MethodSpec:
+    """Make method `name` available to the trainer, the CLI and checkpoint loading.
+
+    `model_class` may be given as "package.module:Class": it is then imported on first use, so reading the
+    method's settings (YAML, `--help`) does not import torch.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"method name {name!r} must be an identifier (letters, digits, underscores).")
+    if isinstance(model_class, str):
+        if ":" not in model_class:
+            raise ValueError(f"model_class {model_class!r} must be a class or 'package.module:ClassName'.")
+    else:
+        _check_model_class(model_class)
+    if name in _REGISTRY and _REGISTRY[name].model != model_class and _REGISTRY[name].model_class is not model_class:
         raise ValueError(f"method {name!r} is already registered to {_REGISTRY[name].model_class.__name__}.")
     spec = MethodSpec(name, config_class, model_class, dict(defaults or {}), description)
     _REGISTRY[name] = spec

@@ -18,8 +18,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..kkt import KKTConfig
-from ..methods.base import MethodConfig
+from ..kkt.config import KKTConfig
+from ..methods.config import MethodConfig
 from ..methods.registry import MethodSpec, get_method, method_names
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -12,15 +11,11 @@ from transformers import PreTrainedModel
 
 from ...export import export_sequence_classifier
 from ...tasks import freeze_to_buffers, load_into_buffers, thaw_to_parameters
-from ..base import ContinualModel, MethodConfig, Phase
+from ..base import ContinualModel, Phase
+from .config import DenseConfig
 
 TRAIN = Phase("train", ("dense_learning_rate", "weight_learning_rate"), "weight_epochs", "the whole encoder and the head")
 ENCODER_PREFIX = "encoder."
-
-
-@dataclass
-class DenseConfig(MethodConfig):
-    """The dense baselines have only the settings every method shares (pooling, head)."""
 
 
 class _DenseModel(ContinualModel):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...targets import normalise_target_modules, resolve_target_modules
-from ..base import MethodConfig
+from ..config import MethodConfig
 
 DEFAULT_LORA_TARGETS = "attention"
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...targets import TARGET_MODULES_HELP, normalise_target_modules, resolve_target_modules
-from ..base import MethodConfig
+from ..config import MethodConfig
 
 
 def _rank_setting(owner: str, name: str, value: Any, allow_zero: bool) -> float | int:

@@ -1,15 +1,17 @@
 """Supermask methods: `exssnet` (the paper's method), `ssnet` and `supsup` (its ablations)."""
 
+from ...lazy import lazy_exports
 from ..registry import register_method
 from .config import ExSSNetConfig
-from .layer import SupermaskLinear, TaskLayerNorm
-from .model import ExSSNetModel
 
-register_method("exssnet", ExSSNetConfig, ExSSNetModel, defaults={"method": "exssnet"},
+MODEL = "exssnet_nlp.methods.supermask.model:ExSSNetModel"  # imported on first use (torch)
+register_method("exssnet", ExSSNetConfig, MODEL, defaults={"method": "exssnet"},
                 description="A mask per task, then training of the masked weights no earlier task uses (zero forgetting).")
-register_method("ssnet", ExSSNetConfig, ExSSNetModel, defaults={"method": "ssnet"},
+register_method("ssnet", ExSSNetConfig, MODEL, defaults={"method": "ssnet"},
                 description="A mask per task, then training of every masked weight (forgets: the ablation of exssnet).")
-register_method("supsup", ExSSNetConfig, ExSSNetModel, defaults={"method": "supsup"},
+register_method("supsup", ExSSNetConfig, MODEL, defaults={"method": "supsup"},
                 description="A mask per task over fixed weights (SupSup, Wortsman et al. 2020; zero forgetting).")
 
+__getattr__, __dir__ = lazy_exports(__name__, {"ExSSNetModel": ".model", "SupermaskLinear": ".layer",
+                                               "TaskLayerNorm": ".layer"}, globals())
 __all__ = ["ExSSNetConfig", "ExSSNetModel", "SupermaskLinear", "TaskLayerNorm"]
