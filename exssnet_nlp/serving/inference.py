@@ -25,7 +25,7 @@ ROUTER_SAMPLES_PER_CLASS = 32  # training examples per class whose embeddings a 
 KNN_K = 10
 INFERENCE_METHODS = ("router", "router_class", "router_knn", "entropy")
 # Chosen by measurement (benchmarks/results/task_inference_*.json, README "Serving").
-DEFAULT_INFERENCE = "router"
+DEFAULT_INFERENCE = "router_class"
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
