@@ -90,7 +90,7 @@ def run_cell(opts: argparse.Namespace, extra: list[str], method: str, density: f
                             config=opts.config)
     overrides = budget["overrides"] + VARIANTS.get(opts.variant or "", []) + list(extra) + ["--seed", str(seed)]
     run = accuracy.run_one(ns, overrides, method, density)
-    run.update(seed=seed, variant=opts.variant, budget=opts.budget, overrides=overrides,
+    run.update(seed=seed, variant=opts.variant, budget=opts.budget, overrides=overrides, commit=opts.commit,
                machine=accuracy.machine_info(), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     return run
 
@@ -206,7 +206,18 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]
     opts, extra = parser.parse_known_args(argv)
     opts.results_dir = Path(opts.results_dir or f"benchmarks/results/grid_{opts.budget}")
     opts.runs_dir = opts.runs_dir or f"runs/grid_{opts.budget}"
+    opts.commit = _commit()  # the code a cell ran, read once at launch (a later checkout does not change it)
     return opts, extra
+
+
+def _commit() -> str | None:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None  # a bare copy (the GPU machine): no git
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,8 @@ from transformers import (
     RobertaModel,
 )
 
+from exssnet_nlp.training import ContinualCallback
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -149,3 +151,19 @@ def make_args(model_dir: str, out: Path, method: str, **kw):
     return ContinualTrainingArguments.from_dict(defaults)
 
 
+
+
+class CrashAfterFirstTask(ContinualCallback):
+    """Kills a run right after its first task: a crash to resume from."""
+
+    def on_task_end(self, trainer, task):
+        if task == trainer.task_names[0]:
+            raise RuntimeError("simulated crash")
+
+
+@pytest.fixture(scope="module")
+def small_tasks(tmp_path_factory) -> list[dict]:
+    """Two tiny real-word tasks (topic: 3 classes, sentiment: 2), 10 train / 6 test rows per class."""
+    root = tmp_path_factory.mktemp("small_tasks")
+    return [write_task(root, "topic", WORDS["topic"], n_train=10, n_test=6),
+            write_task(root, "sentiment", WORDS["sentiment"], n_train=10, n_test=6, seed=1)]

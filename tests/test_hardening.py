@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import WORDS, make_args, random_batch, tiny_encoder, train_steps, write_task
+from conftest import WORDS, CrashAfterFirstTask, make_args, random_batch, tiny_encoder, train_steps, write_task
 
 from exssnet_nlp import checkpoint as ckpt
 from exssnet_nlp.methods import get_method, load_pretrained
-from exssnet_nlp.training import ContinualCallback, ContinualTrainer, build_model
+from exssnet_nlp.training import ContinualTrainer, build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -133,19 +133,6 @@ def test_bad_training_settings_are_refused(setting, value, message):
 
 
 # --- 1: resume with other settings -----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def small_tasks(tmp_path_factory) -> list[dict]:
-    root = tmp_path_factory.mktemp("hardening_data")
-    return [write_task(root, "topic", WORDS["topic"], n_train=10, n_test=6),
-            write_task(root, "sentiment", WORDS["sentiment"], n_train=10, n_test=6, seed=1)]
-
-
-class CrashAfterFirstTask(ContinualCallback):
-    def on_task_end(self, trainer, task):
-        if task == trainer.task_names[0]:
-            raise RuntimeError("simulated crash")
-
-
 def crashed_run(model_dir, out, tasks, **settings):
     args = make_args(model_dir, out, "exssnet", mask_epochs=1, weight_epochs=1, density=0.1, **settings)
     with pytest.raises(RuntimeError, match="simulated crash"):

@@ -10,12 +10,12 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import WORDS, make_args, random_batch, tiny_encoder, train_steps, write_task
+from conftest import CrashAfterFirstTask, make_args, random_batch, tiny_encoder, train_steps
 
 from exssnet_nlp import load_pretrained, method_names
 from exssnet_nlp.cli import main
 from exssnet_nlp.methods import get_method
-from exssnet_nlp.training import ContinualCallback, ContinualTrainer, build_model
+from exssnet_nlp.training import ContinualTrainer, build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -106,19 +106,6 @@ def test_no_optimizer_can_reach_a_finished_task(name):
             optimizer.zero_grad()
     model.finish_task()
     assert torch.equal(logits(model, batch, "A"), before), f"{name}: an optimizer over model.parameters() changed task A"
-
-
-@pytest.fixture(scope="module")
-def small_tasks(tmp_path_factory) -> list[dict]:
-    root = tmp_path_factory.mktemp("methods_data")
-    return [write_task(root, "topic", WORDS["topic"], n_train=10, n_test=6),
-            write_task(root, "sentiment", WORDS["sentiment"], n_train=10, n_test=6, seed=1)]
-
-
-class CrashAfterFirstTask(ContinualCallback):
-    def on_task_end(self, trainer, task):
-        if task == trainer.task_names[0]:
-            raise RuntimeError("simulated crash")
 
 
 @pytest.mark.parametrize("name", METHODS)

