@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import FILLER, WORDS, make_args
 
-from exssnet_nlp import ExSSNetModel, load_pretrained
+from exssnet_nlp import ExSSNetModel, get_method, load_pretrained
 from exssnet_nlp.cli import main
 from exssnet_nlp.serving import INFERENCE_METHODS, fit_router, prepare_serving, read_texts
 from exssnet_nlp.training import ContinualTrainer, build_model
@@ -169,13 +169,15 @@ def test_predict_refuses_bad_input(trained):
         model.predict(["x"], task="topic")
 
 
-def test_fit_router_by_hand_and_methods_without_inference(tiny_model_dir):
-    model = ExSSNetModel.from_encoder(tiny_model_dir)
+@pytest.mark.parametrize("method", ["exssnet", "supsup", "wsn"])
+def test_fit_router_by_hand_and_methods_without_inference(tiny_model_dir, method):
+    model = get_method(method).build(tiny_model_dir)
+    assert model.supports_task_inference
     assert model.tokenizer is not None and model.encoder_reference == tiny_model_dir
     for name in ("a", "b"):
         model.add_task(name, 2)
-        model.begin_mask_phase()
-        model.begin_weight_phase()
+        for phase in model.phases():
+            model.begin_phase(phase.name)
         model.finish_task()
     for name, text in (("a", "goal match"), ("b", "bank stock")):
         batch = model.tokenizer([text] * 4, return_tensors="pt")
