@@ -55,6 +55,8 @@ BUDGETS: dict[str, dict[str, Any]] = {
 VARIANTS: dict[str, list[str]] = {
     "kaiming": ["--score_init", "kaiming_uniform"],
     "epochs4": ["--mask_epochs", "4"],
+    # SupSup's score optimizer: SGD, momentum 0.9, LR 0.1, cosine (this project's default: AdamW 1e-3, linear).
+    "sgd_masks": ["--mask_optimizer", "sgd", "--mask_learning_rate", "0.1", "--mask_lr_scheduler", "cosine"],
 }
 DECISIVE = [("exssnet", 0.1), ("supsup", 0.1), ("lora", None), ("independent", None), ("finetune", None)]
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import WORDS, CrashAfterFirstTask, make_args, write_task
 
@@ -273,3 +274,20 @@ def test_shipped_configs_load(config, tiny_model_dir):
     # the config's mask settings resolve against a BERT-family encoder (the configs' encoders are all BERTs)
     model = build_model(args, encoder=tiny_model_dir)
     assert model.method == args.method and model.config == args.method_config
+
+
+def test_mask_phase_optimizer_and_schedule_are_settings(tiny_model_dir, tasks, tmp_path, monkeypatch):
+    """SupSup trains scores with SGD (momentum 0.9) on a cosine schedule: the mask phase can too; weight phases keep AdamW."""
+    import exssnet_nlp.training.loop as loop
+
+    made = []
+    real = loop.make_optimizer
+    monkeypatch.setattr(loop, "make_optimizer", lambda name, *a, **k: made.append(name) or real(name, *a, **k))
+    args = make_args(tiny_model_dir, tmp_path / "sgd", "exssnet", mask_optimizer="sgd", mask_lr_scheduler="cosine",
+                     mask_learning_rate=0.1, mask_epochs=1, weight_epochs=1)
+    results = ContinualTrainer(build_model(args), args, tasks[:1]).train()
+    assert made == ["sgd", "adamw"] and results["config"]["mask_optimizer"] == "sgd"
+    optimizer = real("sgd", [{"params": [torch.nn.Parameter(torch.zeros(1))]}], 0.1, 0.0)
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
+    with pytest.raises(ValueError, match="mask_optimizer='adam' is not valid"):
+        make_args(tiny_model_dir, tmp_path, "exssnet", mask_optimizer="adam")

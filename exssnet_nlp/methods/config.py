@@ -72,10 +72,13 @@ class Phase:
     """One training phase of a task.
 
     `learning_rate` and `epochs` name argument fields (of the method's config first, then of
-    `ContinualTrainingArguments`); for `learning_rate` the first one that is set wins.
+    `ContinualTrainingArguments`); for `learning_rate` the first one that is set wins. `optimizer` and
+    `lr_scheduler`, when given, name the fields that choose them (default: AdamW, linear decay).
     """
 
     name: str
     learning_rate: tuple[str, ...]
     epochs: str
     trains: str
+    optimizer: str | None = None
+    lr_scheduler: str | None = None

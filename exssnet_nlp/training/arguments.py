@@ -63,6 +63,10 @@ class ContinualTrainingArguments:
     # reshuffles the mask every step and nothing is learned (measured on MiniLM/BBC: chance vs 79%).
     mask_learning_rate: float = field(default=1e-3, metadata={"help": "LR of a mask phase (the scores)."})
     weight_learning_rate: float = field(default=5e-5, metadata={"help": "LR of a weight phase (the values a task owns)."})
+    mask_optimizer: str = field(default="adamw", metadata={
+        "help": "Optimizer of a mask phase: adamw | sgd (momentum 0.9, SupSup's choice; it wants a far larger LR, e.g. 0.1)."})
+    mask_lr_scheduler: str = field(default="linear", metadata={
+        "help": "LR schedule of a mask phase: linear (decay to 0) | cosine (SupSup's) | constant."})
     # Full fine-tuning wants a far smaller LR than sparse exclusive values do, so the dense baselines get their own.
     dense_learning_rate: float | None = field(default=None, metadata={
         "help": "LR of the dense baselines (finetune, independent); default: weight_learning_rate."})
@@ -92,6 +96,9 @@ class ContinualTrainingArguments:
         if str(self.log_level).lower() not in LOG_LEVELS:
             raise ValueError(f"log_level={self.log_level!r} is not valid; allowed values: {', '.join(LOG_LEVELS)}.")
         self.log_level = str(self.log_level).lower()
+        for name, allowed in (("mask_optimizer", OPTIMIZERS), ("mask_lr_scheduler", LR_SCHEDULERS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not valid; allowed values: {', '.join(allowed)}.")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is not valid; allowed values: no, fp16, bf16.")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
@@ -171,6 +178,8 @@ class ContinualTrainingArguments:
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+OPTIMIZERS = ("adamw", "sgd")
+LR_SCHEDULERS = ("linear", "cosine", "constant")
 TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow", "comet_ml", "aim", "clearml", "dvclive")
 
 

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import torch
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_scheduler
 
 from ..methods.base import Phase
 
@@ -30,6 +30,13 @@ def steps_of(loader_batches: int, epochs: float, num_processes: int, accumulatio
     return max(int(round(epochs * per_epoch)), 0)
 
 
+def make_optimizer(name: str, groups: list[dict[str, Any]], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW (the default), or SGD with momentum 0.9 (how SupSup trains scores)."""
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+
+
 def train_phase(trainer: Any, index: int, position: int, phase: Phase) -> dict[str, Any]:
     """Run phase `phase` (the `position`-th) of task `index`; returns its metrics (and tells the callbacks)."""
     args, acc, model = trainer.args, trainer.accelerator, trainer.model
@@ -41,10 +48,12 @@ def train_phase(trainer: Any, index: int, position: int, phase: Phase) -> dict[s
               for settings, params in model.parameter_groups(phase.name)]
     groups.append({"params": model.head_parameters(task), "lr": args.head_learning_rate or lr})
     groups = [g for g in groups if g["params"]]
-    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=args.weight_decay)
+    optimizer = make_optimizer(args.setting(phase.optimizer) if phase.optimizer else "adamw", groups, lr, args.weight_decay)
     loader = trainer.train_loader(index, seed=args.seed + 1000 * index + position + 1)
     total_steps = steps_of(len(loader), epochs, acc.num_processes, args.gradient_accumulation_steps)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), max(total_steps, 1))
+    schedule = args.setting(phase.lr_scheduler) if phase.lr_scheduler else "linear"
+    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=int(args.warmup_ratio * total_steps),
+                              num_training_steps=max(total_steps, 1))
     # Re-prepare at every phase: DDP registers the trainable parameters when it wraps.
     wrapped, optimizer, loader, scheduler = acc.prepare(model, optimizer, loader, scheduler)
     eval_at = {max(1, round(total_steps * (i + 1) / args.evaluations_per_phase)) for i in range(args.evaluations_per_phase)}

@@ -26,7 +26,8 @@ from .config import ExSSNetConfig
 from .layer import MASK_PHASE, SHARED_VIEW, WEIGHT_PHASE, SupermaskLinear, TaskLayerNorm
 
 MASK_PREFIX, VALUES_PREFIX, NORM_PREFIX = "mask.", "values.", "norm."
-MASK = Phase(MASK_PHASE, ("mask_learning_rate",), "mask_epochs", "the task's scores (its mask), its head and its norms")
+MASK = Phase(MASK_PHASE, ("mask_learning_rate",), "mask_epochs", "the task's scores (its mask), its head and its norms",
+             optimizer="mask_optimizer", lr_scheduler="mask_lr_scheduler")
 WEIGHT = Phase(WEIGHT_PHASE, ("weight_learning_rate",), "weight_epochs",
                "the weights in the task's mask that no earlier task holds (exssnet) or all of them (ssnet), head, norms")
 

@@ -20,7 +20,8 @@ from .layer import JOINT_PHASE, WSNLinear
 
 TRAIN = Phase(JOINT_PHASE, ("mask_learning_rate",), "mask_epochs",
               "the task's scores (its mask) at the mask LR, the weights no earlier task holds and the task's norms at "
-              "weight_learning_rate, and its head")
+              "weight_learning_rate, and its head",
+              optimizer="mask_optimizer", lr_scheduler="mask_lr_scheduler")
 MASK_LR, WEIGHT_LR = ("mask_learning_rate",), ("weight_learning_rate",)
 
 
