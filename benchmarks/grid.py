@@ -88,9 +88,13 @@ def run_cell(opts: argparse.Namespace, extra: list[str], method: str, density: f
     name = cell_name(method, density, seed, opts.variant)
     ns = argparse.Namespace(runs_dir=str(Path(opts.runs_dir) / name), model=opts.model, data_root=opts.data_root,
                             mixed_precision=opts.mixed_precision, evaluations_per_phase=budget["evaluations_per_phase"],
-                            save_checkpoints=False, train_samples_per_class=budget["train_samples_per_class"],
+                            save_checkpoints=True, train_samples_per_class=budget["train_samples_per_class"],
                             config=opts.config)
     overrides = budget["overrides"] + VARIANTS.get(opts.variant or "", []) + list(extra) + ["--seed", str(seed)]
+    # A checkpoint after every task: a cell cut off (end of a session) resumes at its next task when run again.
+    # Only a cell whose run ended but whose JSON was never written starts over.
+    run_dir = Path(ns.runs_dir) / (method.replace("+", "_") + ("" if density is None else f"_d{density:g}"))
+    overrides += ["--overwrite_output_dir", "true" if (run_dir / "results.json").exists() else "false"]
     run = accuracy.run_one(ns, overrides, method, density)
     run.update(seed=seed, variant=opts.variant, budget=opts.budget, overrides=overrides, commit=opts.commit,
                machine=accuracy.machine_info(), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
