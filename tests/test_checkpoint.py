@@ -706,7 +706,7 @@ def test_push_to_hub_uploads_checkpoint_and_card(bert_model: ExSSNetModel) -> No
     assert "| 1 | beta | 3 | beta_0, beta_1, beta_2 |" in card
     assert "- `density`: 0.3" in card and "Method: `exssnet`" in card
     assert 'load_pretrained("me/tiny-exssnet")' in card and 'task="alpha"' in card
-    assert "model.predict([\"an example text\"])  # the task is inferred" in card
+    assert 'print(model.predict(["an example text"]))  # the task is inferred' in card
 
 
 def test_model_card_usage_runs_as_written(tmp_path: Path, minilm_model: ExSSNetModel, capsys) -> None:
