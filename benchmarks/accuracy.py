@@ -414,6 +414,10 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]
 
 def main(argv: list[str] | None = None) -> int:
     opts, extra = parse(argv)
+    import logging
+
+    # An application configures logging; the library only logs (the trainer's per-task lines).
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if opts.report:
         print(report(json.loads(Path(opts.report).read_text()), with_matrices=opts.matrices))
         return 0

@@ -228,6 +228,10 @@ def _commit() -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     opts, extra = parse(argv)
+    import logging
+
+    # An application configures logging; the library only logs (the trainer's per-task lines).
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if opts.report:
         print(report(opts.results_dir, opts.results_dir.parent / f"frontier_{opts.budget}.png"))
         return 0
