@@ -77,6 +77,7 @@ def train_phase(trainer: Any, index: int, position: int, phase: Phase) -> dict[s
             if not acc.sync_gradients:
                 continue
             step += 1
+            trainer.global_step += 1
             progress.update(1)
             if step % args.logging_steps == 0 or step == total_steps:
                 mean = running / max(batches, 1)

@@ -108,6 +108,7 @@ class ContinualTrainer:
             raise ValueError("no tasks given: set `tasks` in the config or pass --tasks.")
         self.task_names = names
         self.state: dict[str, Any] = self._fresh_state()
+        self.global_step = 0  # optimizer steps of this process's run (the trackers' x axis)
 
     # --- setup -------------------------------------------------------------------------------
     def _check_output_dir(self) -> None:
@@ -160,11 +161,10 @@ class ContinualTrainer:
         """The shuffled training loader of task `index` (seeded per task and phase: a resumed run sees the same batches)."""
         return self._loader(self._train_sets[index], train=True, seed=seed)
 
-    def log_metrics(self, values: dict[str, float], step: int | None = None) -> None:
-        """Send `values` to the trackers of `report_to` (none by default), at the run's global step."""
-        self.global_step = getattr(self, "global_step", 0) + (1 if step is None else 0)
+    def log_metrics(self, values: dict[str, float]) -> None:
+        """Send `values` to the trackers of `report_to` (none by default), at the run's optimizer step so far."""
         if self.args.report_to != "none":
-            self.accelerator.log(values, step=self.global_step if step is None else step)
+            self.accelerator.log(values, step=self.global_step)
 
     def progress_bar(self, total: int, desc: str, position: int = 1, leave: bool = False):
         disable = self.args.disable_tqdm if self.args.disable_tqdm is not None else None
