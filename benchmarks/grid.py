@@ -107,8 +107,11 @@ def row_key(run: dict[str, Any]) -> str:
     return key + (f" [{run['variant']}]" if run.get("variant") else "")
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    known = [v for v in values if v is not None]  # None: undefined for the method (multitask has no BWT)
+    if not known:
+        return None, None
+    return statistics.fmean(known), (statistics.stdev(known) if len(known) > 1 else 0.0)
 
 
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -137,24 +140,36 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| method | density | seeds | avg acc % (mean +- std) | BWT % | forgetting % | FWT % | stored MB per task "
              "| wall s per task |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.2f}"
+
     for r in rows:
         density = "-" if r["density"] is None else f"{r['density']:g}"
         name = r["method"] + (f" [{r['variant']}]" if r["variant"] else "")
         lines.append(
-            f"| {name} | {density} | {len(r['seeds'])} | {100 * r['average_accuracy']:.2f} +- "
-            f"{100 * r['average_accuracy_std']:.2f} | {100 * r['bwt']:.2f} | {100 * r['forgetting']:.2f} | "
-            f"{100 * r['fwt']:.2f} | {r['bytes_per_task'] / 1e6:.3f} | {r['wall_per_task']:.1f} |")
+            f"| {name} | {density} | {len(r['seeds'])} | {pct(r['average_accuracy'])} +- {pct(r['average_accuracy_std'])} "
+            f"| {pct(r['bwt'])} | {pct(r['forgetting'])} | {pct(r['fwt'])} | {r['bytes_per_task'] / 1e6:.3f} "
+            f"| {r['wall_per_task']:.1f} |")
     return "\n".join(lines)
 
 
-def frontier(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Average accuracy against stored bytes per task (log x), one point per row, error bars over seeds."""
-    import matplotlib
+def frontier(panels: list[tuple[list[dict[str, Any]], str]], path: Path) -> None:
+    """Average accuracy against stored bytes per task (log x), one point per row, error bars over seeds; one panel
+    per (rows, title)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    fig = Figure(figsize=(8, 5.5 * len(panels)))
+    FigureCanvasAgg(fig)
+    for i, (rows, title) in enumerate(panels):
+        _frontier_panel(fig.add_subplot(len(panels), 1, i + 1), rows, title)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=130)
+    os.replace(tmp, path)
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+
+def _frontier_panel(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
     for r in rows:
         label = r["key"] + f" (n={len(r['seeds'])})"
         ax.errorbar(r["bytes_per_task"], 100 * r["average_accuracy"], yerr=100 * r["average_accuracy_std"],
@@ -167,11 +182,6 @@ def frontier(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=6, loc="lower right")
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=130)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def report(results_dir: Path, plot: Path | None) -> str:
@@ -182,8 +192,26 @@ def report(results_dir: Path, plot: Path | None) -> str:
     machines = sorted({m for r in rows for m in r["machines"]})
     accuracy.write_json(results_dir / "summary.json", {"rows": rows, "machines": machines})
     if plot is not None:
-        frontier(rows, plot, f"WebNLP, 5 tasks, MiniLM-L6 ({results_dir.name}); {'; '.join(machines)}")
+        frontier([(rows, panel_title(results_dir, machines))], plot)
     return f"Machines: {'; '.join(machines)}\n\n" + table(rows)
+
+
+def panel_title(results_dir: Path, machines: list[str]) -> str:
+    return f"WebNLP, 5 tasks, MiniLM-L6 ({results_dir.name}); {'; '.join(machines)}"
+
+
+def frontier_all(results_root: Path) -> Path | None:
+    """`frontier.png`: one panel per budget that has a summary (GPU first: the budget the goals are read at)."""
+    panels = []
+    for budget in ("gpu", "cpu"):
+        summary = results_root / f"grid_{budget}" / "summary.json"
+        if summary.exists():
+            data = json.loads(summary.read_text())
+            panels.append((data["rows"], panel_title(summary.parent, data["machines"])))
+    if not panels:
+        return None
+    frontier(panels, results_root / "frontier.png")
+    return results_root / "frontier.png"
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -234,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if opts.report:
         print(report(opts.results_dir, opts.results_dir.parent / f"frontier_{opts.budget}.png"))
+        if opts.results_dir.resolve().parent == ROOT / "benchmarks" / "results":
+            frontier_all(opts.results_dir.parent)
         return 0
     if opts.threads:
         import torch

@@ -23,6 +23,7 @@ METHODS = method_names()
 # What each method promises; a new method must say where it stands by joining one of these lists.
 ISOLATING = {"exssnet", "supsup", "wsn", "lora", "independent"}
 FORGETTING = {"ssnet", "finetune", "osf"}
+JOINT = {"multitask"}  # not continual: every task at once (the reference)
 
 
 def small_config(name: str) -> dict:
@@ -46,11 +47,12 @@ def logits(model, batch, task: str) -> torch.Tensor:
 
 
 def test_every_method_is_classified():
-    assert set(METHODS) == ISOLATING | FORGETTING, "add the new method to ISOLATING or FORGETTING"
+    assert set(METHODS) == ISOLATING | FORGETTING | JOINT, "add the new method to ISOLATING, FORGETTING or JOINT"
     for name in METHODS:
         model_class = get_method(name).model_class
         assert get_method(name).description, name
         assert callable(model_class.phases) and callable(model_class.task_state), name
+        assert model_class.learns_jointly == (name in JOINT), name
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -120,6 +122,8 @@ def test_trainer_resume_and_cli(name, tiny_model_dir, small_tasks, tmp_path, cap
         ContinualTrainer(build_model(args), args, small_tasks, callbacks=[CrashAfterFirstTask()]).train()
     resumed = ContinualTrainer(build_model(args), args, small_tasks).train()
     assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
+    if name in JOINT:  # one step for every task: only the last row, and no continual metrics
+        assert full["accuracy_matrix"][0] == [None, None] and full["bwt"] is None and full["average_accuracy"] > 0
     if name in ISOLATING:
         assert resumed["bwt"] == 0.0 and resumed["forgetting"] == 0.0
     batch = random_batch(length=8)

@@ -11,7 +11,7 @@ the checkpoint code and the CLI only talk to this interface:
   back directly (no replay); `shared_state()` / `load_shared_state()` for what every task shares and
   training changes (e.g. `finetune`'s encoder).
 - `task_storage_bytes(task)`, and the capabilities `isolates_tasks`, `supports_kkt`, `supports_export`,
-  `supports_task_inference`.
+  `supports_task_inference`, `learns_jointly`.
 
 Subclasses implement hooks (`_start_task`, `_enter_phase`, `_phase_parameters`, `_finish_task`, `_discard_task`,
 `encode`, `_task_tensors`, `_install_task_tensors`); the task bookkeeping (heads, states, seeds) is done here.
@@ -76,6 +76,7 @@ class ContinualModel(TaskRegistry, ServingMixin, nn.Module):
     supports_kkt: ClassVar[bool] = False
     supports_export: ClassVar[bool] = False
     supports_task_inference: ClassVar[bool] = False
+    learns_jointly: ClassVar[bool] = False  # all tasks at once (begin_joint / end_joint): the multitask reference
 
     def __init__(self, encoder: PreTrainedModel, config: MethodConfig) -> None:
         super().__init__()
@@ -144,11 +145,12 @@ class ContinualModel(TaskRegistry, ServingMixin, nn.Module):
         """The phases of a task, in order."""
         raise NotImplementedError
 
-    def add_task(self, name: str, num_labels: int, label_names: list[str] | None = None) -> None:
-        """Add a task to learn next and make it current (its head is seeded by the task's name)."""
+    def add_task(self, name: str, num_labels: int, label_names: list[str] | None = None, init_seed: int | None = None) -> None:
+        """Add a task to learn next and make it current (its head is seeded by the task's name and `init_seed`,
+        default the config's seed: a restarted task passes another)."""
         index = self._register_task(name, num_labels, label_names)
         try:
-            self.heads[str(index)] = self._new_head(name, num_labels)
+            self.heads[str(index)] = self._new_head(name, num_labels, init_seed)
             self._start_task(index)
         except BaseException:
             if str(index) in self.heads:
@@ -157,10 +159,10 @@ class ContinualModel(TaskRegistry, ServingMixin, nn.Module):
             raise
         self._set_trainable(index, None)
 
-    def _new_head(self, name: str, num_labels: int) -> TaskHead:
+    def _new_head(self, name: str, num_labels: int, seed: int | None = None) -> TaskHead:
         hidden = self.encoder.config.hidden_size
         activation = self.config.resolved_head_activation(self.model_type)
-        head = seeded(self.config.seed, name,
+        head = seeded(self.config.seed if seed is None else seed, name,
                       lambda: TaskHead(hidden, num_labels, self.config.pooling, activation, self.config.head_dropout))
         return head.to(self._device())
 

@@ -80,6 +80,13 @@ class ContinualTrainingArguments:
         "help": "Examples per class held out of training for the learning curve."})
     eval_samples_per_class: int | None = field(default=None, metadata={"help": "Cap on test examples per class."})
     evaluations_per_phase: int = field(default=1, metadata={"help": "Validation points per phase (the learning curve)."})
+    # Adam on scores sometimes leaves a whole mask phase at chance (Amazon, 3 runs of the gap study): a restart
+    # with another head init and data order costs one phase and rescues the task; it never fires on a phase that learns.
+    restart_stuck_tasks: int = field(default=1, metadata={
+        "help": "Restarts of a task whose first phase ends at chance on validation (accuracy <= 1/num_labels + "
+                "stuck_margin): fresh head and scores, another data order; recorded in results.json. 0: never."})
+    stuck_margin: float = field(default=0.05, metadata={
+        "help": "How far above chance (1/num_labels) a first phase's validation accuracy must end not to count as stuck."})
     save_checkpoints: bool = field(default=True, metadata={"help": "Save the model after each task (needed for resume)."})
     disable_tqdm: bool | None = field(default=None, metadata={"help": "Hide progress bars (default: only when not a TTY)."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
@@ -110,6 +117,8 @@ class ContinualTrainingArguments:
             if getattr(self, name) is not None:
                 _integer(name, getattr(self, name), minimum=0)
         _integer("dataloader_num_workers", self.dataloader_num_workers, minimum=0)
+        _integer("restart_stuck_tasks", self.restart_stuck_tasks, minimum=0)
+        _number("stuck_margin", self.stuck_margin, "must be a fraction in [0, 1] (e.g. 0.05)", lambda v: 0 <= v <= 1)
         for name in ("mask_epochs", "weight_epochs", "weight_decay"):
             _number(name, getattr(self, name), "must be a finite number >= 0", lambda v: v >= 0)
         for name in ("mask_learning_rate", "weight_learning_rate", "dense_learning_rate", "head_learning_rate"):
@@ -211,9 +220,13 @@ def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def resume_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """`name: saved -> now` for every setting that shapes the model or the data and differs (nested keys dotted)."""
+    """`name: saved -> now` for every setting that shapes the model or the data and differs (nested keys dotted).
+
+    A top-level setting the saved run predates counts only when it is now set away from its default."""
     before, after = _flat(saved), _flat(now)
-    names = sorted(k for k in set(before) | set(after) if k.split(".", 1)[0] not in RESUME_FREE)
+    defaults = {f.name: f.default for f in fields(ContinualTrainingArguments) if f.default is not MISSING}
+    names = sorted(k for k in set(before) | set(after) if k.split(".", 1)[0] not in RESUME_FREE
+                   and not (k not in before and k in defaults and after.get(k) == defaults[k]))
     return [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in names if before.get(k) != after.get(k)]
 
 

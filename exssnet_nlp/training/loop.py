@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,19 +38,30 @@ def make_optimizer(name: str, groups: list[dict[str, Any]], lr: float, weight_de
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
 
 
-def train_phase(trainer: Any, index: int, position: int, phase: Phase) -> dict[str, Any]:
-    """Run phase `phase` (the `position`-th) of task `index`; returns its metrics (and tells the callbacks)."""
-    args, acc, model = trainer.args, trainer.accelerator, trainer.model
+def train_phase(trainer: Any, index: int, position: int, phase: Phase, attempt: int = 0) -> dict[str, Any]:
+    """Run phase `phase` (the `position`-th) of task `index`; returns its metrics (and tells the callbacks).
+
+    `attempt` > 0 is a restart of a stuck task: another data order."""
+    args, model = trainer.args, trainer.model
     task = trainer.task_names[index]
-    epochs = float(args.setting(phase.epochs))
     lr = learning_rate(args, phase.learning_rate, phase.name)
     model.begin_phase(phase.name)
     groups = [{"params": params, "lr": lr if settings is None else learning_rate(args, settings, phase.name)}
               for settings, params in model.parameter_groups(phase.name)]
     groups.append({"params": model.head_parameters(task), "lr": args.head_learning_rate or lr})
+    loader = trainer.train_loader(index, seed=args.seed + 1000 * index + position + 1 + 100_003 * attempt)
+    return run_steps(trainer, task, phase, groups, loader, lambda: trainer.evaluate(task, "validation"))
+
+
+def run_steps(trainer: Any, task: str, phase: Phase, groups: list[dict[str, Any]], loader: Any,
+              validate: Callable[[], float]) -> dict[str, Any]:
+    """Train `groups` on `loader` for the phase's epochs; `task` names the task (a batch may also carry `task_ids`,
+    one task index per example, for joint training). Returns the phase's metrics and tells the callbacks."""
+    args, acc, model = trainer.args, trainer.accelerator, trainer.model
+    epochs = float(args.setting(phase.epochs))
+    lr = learning_rate(args, phase.learning_rate, phase.name)
     groups = [g for g in groups if g["params"]]
     optimizer = make_optimizer(args.setting(phase.optimizer) if phase.optimizer else "adamw", groups, lr, args.weight_decay)
-    loader = trainer.train_loader(index, seed=args.seed + 1000 * index + position + 1)
     total_steps = steps_of(len(loader), epochs, acc.num_processes, args.gradient_accumulation_steps)
     schedule = args.setting(phase.lr_scheduler) if phase.lr_scheduler else "linear"
     scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=int(args.warmup_ratio * total_steps),
@@ -64,8 +76,10 @@ def train_phase(trainer: Any, index: int, position: int, phase: Phase) -> dict[s
     wrapped.train()
     while step < total_steps:
         for batch in loader:
+            task_ids = batch.pop("task_ids", None)
+            names = task if task_ids is None else [trainer.task_names[i] for i in task_ids.tolist()]
             with acc.accumulate(wrapped):
-                loss = wrapped(**batch, task=task).loss
+                loss = wrapped(**batch, task=names).loss
                 acc.backward(loss)
                 if acc.sync_gradients and args.max_grad_norm:
                     acc.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], args.max_grad_norm)
@@ -86,7 +100,7 @@ def train_phase(trainer: Any, index: int, position: int, phase: Phase) -> dict[s
                 trainer.log_metrics({f"{task}/{phase.name}/loss": mean, f"{task}/{phase.name}/lr": scheduler.get_last_lr()[0]})
                 running, batches = 0.0, 0
             if step in eval_at:
-                point = {"step": step, "fraction": step / total_steps, "accuracy": trainer.evaluate(task, "validation")}
+                point = {"step": step, "fraction": step / total_steps, "accuracy": validate()}
                 curve.append(point)
                 trainer.log_metrics({f"{task}/{phase.name}/validation_accuracy": point["accuracy"]})
                 wrapped.train()

@@ -15,20 +15,20 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase
 
-from ..checkpoint import recover_checkpoint
 from ..data import TaskData, TaskSpec, load_task, materialize, resolve_task_spec, tokenize_dataset
-from ..methods import ContinualModel, load_pretrained
+from ..methods import ContinualModel
 from ..metrics import capacity_summary, summarize
 from ..serving import prepare_serving
 from ..targets import check_max_length
-from .arguments import ContinualTrainingArguments, resolve_model_path, resume_differences
+from .arguments import ContinualTrainingArguments, resolve_model_path
 from .evaluation import accuracy
+from .joint import joint_summary, learn_jointly
 from .loop import train_phase
 from .reporting import RESULTS_FILE, configure_logging, describe_run, final_metrics, task_metrics, tracker_config, write_outputs
+from .resume import CHECKPOINT_DIR, resume
 
 logger = logging.getLogger("exssnet_nlp")
 
-CHECKPOINT_DIR = "checkpoint"
 STREAM_EVAL_SAMPLES_PER_CLASS = 200  # a streamed test split is sampled, never read whole
 
 
@@ -187,7 +187,7 @@ class ContinualTrainer:
             # The old run's results go now: left beside a new partial run, they would make its resume refuse.
             (self.output_dir / RESULTS_FILE).unlink(missing_ok=True)
         configure_logging(self)
-        self._maybe_resume()
+        resume(self)
         self.model.to(acc.device)
         self._train_sets = [self._tokenize(d, "train") for d in self.task_data]
         for name, train_set in zip(self.task_names, self._train_sets, strict=True):
@@ -211,6 +211,9 @@ class ContinualTrainer:
         # One bar over the whole sequence; each phase's bar runs under it.
         self._sequence_bar = self.progress_bar(len(self.task_names), "tasks", position=0, leave=True)
         self._sequence_bar.update(self.state["next_task"])
+        if self.model.learns_jointly and self.state["next_task"] == 0:
+            learn_jointly(self)
+            self._sequence_bar.update(len(self.task_names))
         for index in range(self.state["next_task"], len(self.task_names)):
             self._learn(index)
             self._sequence_bar.update(1)
@@ -238,46 +241,80 @@ class ContinualTrainer:
     def _learn(self, index: int) -> None:
         args = self.args
         name, data = self.task_names[index], self.task_data[index]
-        set_seed(args.seed + index)  # per-task seeding: a resumed run equals an uninterrupted one
         for cb in self.callbacks:
             cb.on_task_begin(self, name)
+        for attempt in range(args.restart_stuck_tasks + 1):
+            phases, timings = self._attempt(index, attempt)
+            first = next(iter(phases.values()))
+            chance = 1.0 / data.num_labels
+            stuck = first["validation_accuracy"] is not None and first["validation_accuracy"] <= chance + args.stuck_margin
+            if not stuck:
+                break
+            record = {"attempt": attempt, "phase": first["phase"], "validation_accuracy": first["validation_accuracy"],
+                      "chance": chance, "restarted": attempt < args.restart_stuck_tasks}
+            self.state.setdefault("restarts", {}).setdefault(name, []).append(record)
+            if not record["restarted"]:
+                logger.warning("task %s: phase %s still at chance (validation accuracy %.4f) after %d restart(s); keeping it",
+                               name, first["phase"], first["validation_accuracy"], attempt)
+                break
+            logger.warning("task %s: phase %s ended at chance (validation accuracy %.4f <= %.4f + %.2f); restarting the "
+                           "task (attempt %d)", name, first["phase"], first["validation_accuracy"], chance, args.stuck_margin,
+                           attempt + 2)
+            self.model.discard_task()
+        self._conclude(name, [index], phases, timings)
+
+    def _attempt(self, index: int, attempt: int) -> tuple[dict[str, Any], dict[str, float]]:
+        """Add task `index` and train its phases; attempt > 0 (a restart) draws another head, scores and data order."""
+        args = self.args
+        name, data = self.task_names[index], self.task_data[index]
+        set_seed(args.seed + index + 7919 * attempt)  # per-task seeding: a resumed run equals an uninterrupted one
         timings: dict[str, float] = {}
-        self.model.add_task(name, data.num_labels, data.label_names)
+        self.model.add_task(name, data.num_labels, data.label_names,
+                            init_seed=None if attempt == 0 else args.seed + 7919 * attempt)
         self.model.to(self.accelerator.device)
         if index > 0 and args.kkt.mode != "off" and self.model.supports_kkt:
             self.state["kkt"][name] = self._run_kkt(index)
             timings["kkt"] = self.state["kkt"][name]["seconds"]
-        if index > 0:
+        if index > 0 and attempt == 0:
             self.state["accuracy_matrix"][index - 1][index] = self.evaluate(name)
         phases = {}
         for position, phase in enumerate(self.model.phases()):
-            metrics = train_phase(self, index, position, phase)
+            metrics = train_phase(self, index, position, phase, attempt)
             phases[phase.name] = metrics
-            timings[phase.name] = metrics["seconds"]
-        self.model.finish_task()
+            timings[phase.name] = timings.get(phase.name, 0.0) + metrics["seconds"]
+        return phases, timings
+
+    def _conclude(self, name: str, learned: list[int], phases: dict[str, Any], timings: dict[str, float]) -> None:
+        """After training `learned` (one task, or every task of a joint run, reported under `name`): finish them,
+        fit routers, evaluate every task seen so far, record, checkpoint."""
+        last = learned[-1]
+        if self.model.learning_task is not None:
+            self.model.finish_task()
         start = time.perf_counter()
-        for j in range(index + 1):  # every router, refitted: a task's training may move the routing view (exssnet)
+        for j in range(last + 1):  # every router, refitted: a task's training may move the routing view (exssnet)
             prepare_serving(self.model, self.task_names[j], self.args.max_length, self._train_sets[j], self._loader, self.args.seed)
         timings["serving"] = time.perf_counter() - start
         start = time.perf_counter()
-        accuracies = {other: self.evaluate(other) for other in self.task_names[: index + 1]}
+        accuracies = {other: self.evaluate(other) for other in self.task_names[: last + 1]}
         timings["evaluate"] = time.perf_counter() - start
-        for j, other in enumerate(self.task_names[: index + 1]):
-            self.state["accuracy_matrix"][index][j] = accuracies[other]
+        for j, other in enumerate(self.task_names[: last + 1]):
+            self.state["accuracy_matrix"][last][j] = accuracies[other]
         self.state["curves"][name] = {p: m["curve"] for p, m in phases.items()}
         self.state["losses"][name] = {p: m["losses"] for p, m in phases.items()}
         self.state["timings"][name] = timings
-        self.state["storage"][name] = self.model.task_storage_bytes(name)
+        for i in learned:
+            self.state["storage"][self.task_names[i]] = self.model.task_storage_bytes(self.task_names[i])
         val = {p: m["validation_accuracy"] for p, m in phases.items()}
         last_loss = {p: (m["losses"][-1]["loss"] if m["losses"] else None) for p, m in phases.items()}
         if self.accelerator.is_main_process:
-            logger.info("task %d/%d %s: loss %s, validation accuracy %s, test accuracy %.4f (%.1fs)", index + 1,
-                        len(self.task_names), name, _fmt(last_loss), _fmt(val), accuracies[name], sum(timings.values()))
-        self.log_metrics(task_metrics(name, index, accuracies))
+            logger.info("task %d/%d %s: loss %s, validation accuracy %s, test accuracy %s (%.1fs)", last + 1,
+                        len(self.task_names), name, _fmt(last_loss), _fmt(val),
+                        _fmt({t: accuracies[t] for t in (self.task_names[i] for i in learned)}), sum(timings.values()))
+        self.log_metrics(task_metrics(self.task_names[last], last, accuracies))
         for cb in self.callbacks:
             cb.on_evaluate(self, name, accuracies)
-        self.state["next_task"] = index + 1
-        self._save(index)
+        self.state["next_task"] = last + 1
+        self._save(last)
         for cb in self.callbacks:
             cb.on_task_end(self, name)
 
@@ -299,42 +336,10 @@ class ContinualTrainer:
                                    trainer_state={"state": self.state, "args": self.args.to_dict()})
         self.accelerator.wait_for_everyone()
 
-    def _maybe_resume(self) -> None:
-        checkpoint = self.output_dir / CHECKPOINT_DIR
-        if self.accelerator.is_main_process:
-            action = recover_checkpoint(checkpoint)  # a save killed mid-swap: put the checkpoint back first
-            if action:
-                logger.warning("recovered %s after an interrupted save (%s)", checkpoint, action)
-        self.accelerator.wait_for_everyone()
-        if not checkpoint.is_dir() or self.args.overwrite_output_dir or not self.args.resume_from_checkpoint:
-            return
-        loaded, saved = load_pretrained(str(checkpoint), return_trainer_state=True)
-        if not saved:
-            return
-        state = saved["state"]
-        differences = resume_differences(saved.get("args") or {}, self.args.to_dict())
-        if state["tasks"] != self.task_names:
-            differences.insert(0, f"tasks: {state['tasks']} -> {self.task_names}")
-        else:
-            changed = [n for n, a, b in zip(self.task_names, state.get("data") or [], self.state["data"], strict=False)
-                       if a != b]
-            differences += [f"data of task {n!r}: other examples or labels than the run learned from" for n in changed]
-        if differences:
-            raise ValueError(
-                f"output_dir {str(self.output_dir)!r} holds an unfinished run with other settings:\n  "
-                + "\n  ".join(differences) + f"\nEither re-run with the saved settings (trainer_state.args in "
-                f"{checkpoint / 'exssnet_config.json'}) to continue it, or start over with --overwrite_output_dir true "
-                "(or use another output_dir).")
-        if loaded.tasks != self.task_names[: state["next_task"]]:
-            raise ValueError(f"the checkpoint in {str(self.output_dir)!r} holds tasks {loaded.tasks}; its trainer state "
-                             f"expects {self.task_names[: state['next_task']]}. Start over with --overwrite_output_dir true.")
-        self.model = loaded.train()
-        self.state = state
-        logger.info("resuming at task %d/%d (%s)", state["next_task"] + 1, len(self.task_names), self.task_names[state["next_task"]])
-
     def _results(self, wall_seconds: float) -> dict[str, Any]:
         state = self.state
-        metrics = summarize(state["accuracy_matrix"], state["untrained"])
+        metrics = (joint_summary(state["accuracy_matrix"]) if self.model.learns_jointly
+                   else summarize(state["accuracy_matrix"], state["untrained"]))
         layers = self.model.capacity()
         capacity = capacity_summary(layers) if layers else None
         shared = self.model.shared_storage_bytes()
@@ -347,6 +352,7 @@ class ContinualTrainer:
             **metrics,
             "capacity": capacity,
             "kkt": state["kkt"],
+            "restarts": state.get("restarts", {}),
             "curves": state["curves"],
             "losses": state["losses"],
             "timings": {"per_task": state["timings"], "wall_seconds": wall_seconds},

@@ -1,4 +1,4 @@
-"""Dense baselines: `finetune` and `independent`."""
+"""Dense baselines: `finetune`, `independent` and the `multitask` reference."""
 
 from ...lazy import lazy_exports
 from ..registry import register_method
@@ -8,6 +8,9 @@ register_method("finetune", DenseConfig, "exssnet_nlp.methods.dense.model:Finetu
                 description="One encoder fine-tuned on each task in turn, a head per task (forgets: the reference).")
 register_method("independent", DenseConfig, "exssnet_nlp.methods.dense.model:IndependentModel",
                 description="A fresh fine-tuned copy of the encoder per task (zero forgetting, one encoder of storage per task).")
+register_method("multitask", DenseConfig, "exssnet_nlp.methods.dense.model:MultitaskModel",
+                description="One encoder and every head trained on all tasks' data at once (not continual: the upper bound).")
 
-__getattr__, __dir__ = lazy_exports(__name__, {"FinetuneModel": ".model", "IndependentModel": ".model"}, globals())
-__all__ = ["DenseConfig", "FinetuneModel", "IndependentModel"]
+_MODELS = {"FinetuneModel": ".model", "IndependentModel": ".model", "MultitaskModel": ".model"}
+__getattr__, __dir__ = lazy_exports(__name__, _MODELS, globals())
+__all__ = ["DenseConfig", "FinetuneModel", "IndependentModel", "MultitaskModel"]

@@ -1,5 +1,6 @@
-"""Dense baselines: `finetune` (one shared encoder fine-tuned task after task: the forgetting reference) and
-`independent` (a fresh copy of the pretrained encoder per task: no sharing, one full encoder of storage per task)."""
+"""Dense baselines: `finetune` (one shared encoder fine-tuned task after task: the forgetting reference),
+`independent` (a fresh copy of the pretrained encoder per task: no sharing, one full encoder of storage per task)
+and `multitask` (one encoder and every head trained on all tasks' data at once: the usual upper bound)."""
 
 from __future__ import annotations
 
@@ -93,3 +94,29 @@ class IndependentModel(_DenseModel):
             raise ValueError(f"{file_name}: unexpected tensors {sorted(set(tensors) - {ENCODER_PREFIX + k for k in state})[:4]}.")
         load_into_buffers(encoder, state, f"{file_name} (encoder copy)")
         self.encoders[str(index)] = encoder
+
+
+class MultitaskModel(FinetuneModel):
+    """Every task's data at once: one shared encoder and a head per task, trained jointly (not continual learning;
+    the reference continual methods are compared against). The trainer registers every task, then trains them together
+    (`learns_jointly`)."""
+
+    method = "multitask"
+    learns_jointly = True
+
+    def begin_joint(self) -> list[nn.Parameter]:
+        """Make the encoder and every (finished, frozen) head trainable; returns the heads' parameters."""
+        heads = []
+        for head in self.heads.values():
+            thaw_to_parameters(head, [n for n, _ in head.named_buffers()])
+            heads += list(head.parameters())
+        for param in [*self.encoder.parameters(), *heads]:
+            param.requires_grad_(True)
+        return heads
+
+    def end_joint(self) -> None:
+        """Freeze the heads again and the encoder's gradients: the trained model is final."""
+        for head in self.heads.values():
+            freeze_to_buffers(head)
+        for param in self.encoder.parameters():
+            param.requires_grad_(False)

@@ -1,0 +1,53 @@
+"""Resuming an unfinished run: recover an interrupted save, check the saved run matches, and load its state."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..checkpoint import recover_checkpoint
+from ..methods import load_pretrained
+from .arguments import resume_differences
+
+logger = logging.getLogger("exssnet_nlp")
+CHECKPOINT_DIR = "checkpoint"
+
+
+def resume(trainer: Any) -> None:
+    """Continue the unfinished run in `trainer.output_dir`, if any, after checking it was made with the same settings
+    and data; a changed command is refused with one line per difference and the ways out."""
+    checkpoint = trainer.output_dir / CHECKPOINT_DIR
+    if trainer.accelerator.is_main_process:
+        action = recover_checkpoint(checkpoint)  # a save killed mid-swap: put the checkpoint back first
+        if action:
+            logger.warning("recovered %s after an interrupted save (%s)", checkpoint, action)
+    trainer.accelerator.wait_for_everyone()
+    if not checkpoint.is_dir() or trainer.args.overwrite_output_dir or not trainer.args.resume_from_checkpoint:
+        return
+    loaded, saved = load_pretrained(str(checkpoint), return_trainer_state=True)
+    if not saved:
+        return
+    state = saved["state"]
+    differences = resume_differences(saved.get("args") or {}, trainer.args.to_dict())
+    if state["tasks"] != trainer.task_names:
+        differences.insert(0, f"tasks: {state['tasks']} -> {trainer.task_names}")
+    else:
+        changed = [n for n, a, b in zip(trainer.task_names, state.get("data") or [], trainer.state["data"], strict=False)
+                   if a != b]
+        differences += [f"data of task {n!r}: other examples or labels than the run learned from" for n in changed]
+    if differences:
+        raise ValueError(
+            f"output_dir {str(trainer.output_dir)!r} holds an unfinished run with other settings:\n  "
+            + "\n  ".join(differences) + f"\nEither re-run with the saved settings (trainer_state.args in "
+            f"{checkpoint / 'exssnet_config.json'}) to continue it, or start over with --overwrite_output_dir true "
+            "(or use another output_dir).")
+    if loaded.tasks != trainer.task_names[: state["next_task"]]:
+        raise ValueError(f"the checkpoint in {str(trainer.output_dir)!r} holds tasks {loaded.tasks}; its trainer state "
+                         f"expects {trainer.task_names[: state['next_task']]}. Start over with --overwrite_output_dir true.")
+    trainer.model = loaded.train()
+    trainer.state = state
+    if state["next_task"] >= len(trainer.task_names):  # killed after the last save, before results.json
+        logger.info("every task of the run in %s is trained: writing its results", trainer.output_dir)
+    else:
+        logger.info("resuming at task %d/%d (%s)", state["next_task"] + 1, len(trainer.task_names),
+                    trainer.task_names[state["next_task"]])

@@ -1,0 +1,104 @@
+"""The multitask reference (every task at once) and the restart of a task whose first phase ends at chance."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_args
+
+from exssnet_nlp import load_pretrained
+from exssnet_nlp.training import ContinualCallback, ContinualTrainer, build_model
+from exssnet_nlp.training.arguments import ContinualTrainingArguments
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Events(ContinualCallback):
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def on_task_begin(self, trainer, task):
+        self.seen.append(("begin", task))
+
+    def on_task_end(self, trainer, task):
+        self.seen.append(("end", task))
+
+
+def test_multitask_trains_every_head_on_mixed_batches(tiny_model_dir, small_tasks, tmp_path):
+    args = make_args(tiny_model_dir, tmp_path / "mt", "multitask", weight_epochs=3, dense_learning_rate=1e-3)
+    model = build_model(args)
+    events = Events()
+    trainer = ContinualTrainer(model, args, small_tasks, callbacks=[events])
+    batches = []
+    original = model.forward
+
+    def spy(*a, task=None, **kw):
+        batches.append(task)
+        return original(*a, task=task, **kw)
+
+    model.forward = spy
+    results = trainer.train()
+    # Training saw batches holding both tasks' examples (one task name per example).
+    mixed = [t for t in batches if isinstance(t, list) and len(set(t)) == 2]
+    assert mixed, "no batch mixed the two tasks"
+    assert events.seen == [("begin", "all tasks"), ("end", "all tasks")]
+    assert results["accuracy_matrix"][0] == [None, None] and all(v is not None for v in results["accuracy_matrix"][1])
+    assert results["bwt"] is None and results["forgetting"] is None and results["fwt"] is None
+    assert results["average_accuracy"] == pytest.approx(sum(results["accuracy_matrix"][1]) / 2)
+    assert list(results["curves"]) == ["all tasks"] and results["curves"]["all tasks"]["train"]
+    assert set(results["storage"]["per_task"]) == {"topic", "sentiment"}
+    assert not trainer.model.trainable_parameters(), "a finished joint run leaves nothing trainable"
+    # Both heads moved away from their seeded init, and the checkpoint reproduces the trained model.
+    fresh = build_model(args)
+    for i, name in enumerate(("topic", "sentiment")):
+        fresh.add_task(name, (3, 2)[i])
+        fresh.begin_phase("train")
+        trained = trainer.model.heads[str(i)].state_dict()
+        assert any(not torch.equal(v, trained[k]) for k, v in fresh.heads[str(i)].state_dict().items()), name
+        fresh.finish_task()
+    loaded = load_pretrained(str(tmp_path / "mt" / "checkpoint"))
+    ids = torch.randint(5, 100, (4, 8))
+    for task in ("topic", "sentiment"):
+        with torch.no_grad():
+            assert torch.equal(loaded.eval()(ids, torch.ones_like(ids), task=task).logits,
+                               trainer.model.eval()(ids, torch.ones_like(ids), task=task).logits)
+
+
+def test_a_task_stuck_at_chance_is_restarted_and_recorded(tiny_model_dir, small_tasks, tmp_path):
+    # A margin of 1 makes every first phase "stuck": the restart path runs deterministically.
+    args = make_args(tiny_model_dir, tmp_path / "stuck", "exssnet", mask_epochs=1, weight_epochs=1, stuck_margin=1.0,
+                     restart_stuck_tasks=1)
+    results = ContinualTrainer(build_model(args), args, small_tasks).train()
+    for task in ("topic", "sentiment"):
+        records = results["restarts"][task]
+        assert [r["attempt"] for r in records] == [0, 1] and [r["restarted"] for r in records] == [True, False]
+        assert records[0]["phase"] == "mask" and records[0]["chance"] == pytest.approx(1 / (3 if task == "topic" else 2))
+    assert json.loads((tmp_path / "stuck" / "results.json").read_text())["restarts"] == results["restarts"]
+    assert results["bwt"] == 0.0  # a restart discards only the learning task: finished ones are untouched
+    # Off: the stuck phase is kept, and said so.
+    args = make_args(tiny_model_dir, tmp_path / "off", "exssnet", mask_epochs=1, weight_epochs=1, stuck_margin=1.0,
+                     restart_stuck_tasks=0)
+    results = ContinualTrainer(build_model(args), args, small_tasks).train()
+    assert [r["restarted"] for r in results["restarts"]["topic"]] == [False]
+    # A default run on tasks it learns restarts nothing.
+    args = make_args(tiny_model_dir, tmp_path / "learns", "exssnet", mask_epochs=1, weight_epochs=1, stuck_margin=0.0)
+    assert ContinualTrainer(build_model(args), args, small_tasks).train()["restarts"].keys() <= {"topic", "sentiment"}
+
+
+@pytest.mark.parametrize("field,value", [("restart_stuck_tasks", -1), ("restart_stuck_tasks", 1.5), ("stuck_margin", 2.0),
+                                         ("stuck_margin", float("nan"))])
+def test_bad_restart_settings_are_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        ContinualTrainingArguments(model_name_or_path="x", **{field: value})
+
+
+def test_a_setting_added_after_a_run_started_does_not_block_its_resume():
+    from exssnet_nlp.training.arguments import resume_differences
+
+    now = ContinualTrainingArguments(model_name_or_path="x").to_dict()
+    saved = {k: v for k, v in now.items() if k not in ("restart_stuck_tasks", "stuck_margin")}
+    assert resume_differences(saved, now) == []
+    changed = {**now, "restart_stuck_tasks": 0}
+    assert resume_differences(saved, changed) == ["restart_stuck_tasks: None -> 0"]
