@@ -102,3 +102,25 @@ def test_a_setting_added_after_a_run_started_does_not_block_its_resume():
     assert resume_differences(saved, now) == []
     changed = {**now, "restart_stuck_tasks": 0}
     assert resume_differences(saved, changed) == ["restart_stuck_tasks: None -> 0"]
+
+
+def test_a_resumed_run_counts_steps_and_finishes_after_the_last_save(tiny_model_dir, small_tasks, tmp_path):
+    """The trackers' step continues across a resume; a run killed after its last save (before results.json) finishes."""
+    from conftest import CrashAfterFirstTask
+
+    class CrashAtEnd(ContinualCallback):
+        def on_task_end(self, trainer, task):
+            if task == trainer.task_names[-1]:
+                raise RuntimeError("simulated crash")
+
+    args = make_args(tiny_model_dir, tmp_path / "full", "exssnet", mask_epochs=1, weight_epochs=1)
+    full = ContinualTrainer(build_model(args), args, small_tasks)
+    expected = full.train()
+    args = make_args(tiny_model_dir, tmp_path / "crash", "exssnet", mask_epochs=1, weight_epochs=1)
+    for crash in (CrashAfterFirstTask(), CrashAtEnd()):
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            ContinualTrainer(build_model(args), args, small_tasks, callbacks=[crash]).train()
+    assert not (tmp_path / "crash" / "results.json").exists()
+    resumed = ContinualTrainer(build_model(args), args, small_tasks)
+    assert resumed.train()["accuracy_matrix"] == expected["accuracy_matrix"]
+    assert resumed.global_step == full.global_step > 0

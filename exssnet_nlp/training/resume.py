@@ -46,6 +46,7 @@ def resume(trainer: Any) -> None:
                          f"expects {trainer.task_names[: state['next_task']]}. Start over with --overwrite_output_dir true.")
     trainer.model = loaded.train()
     trainer.state = state
+    trainer.global_step = int(state.get("global_step", 0))
     if state["next_task"] >= len(trainer.task_names):  # killed after the last save, before results.json
         logger.info("every task of the run in %s is trained: writing its results", trainer.output_dir)
     else:

@@ -314,6 +314,7 @@ class ContinualTrainer:
         for cb in self.callbacks:
             cb.on_evaluate(self, name, accuracies)
         self.state["next_task"] = last + 1
+        self.state["global_step"] = self.global_step  # a resumed run's trackers continue at the right step
         self._save(last)
         for cb in self.callbacks:
             cb.on_task_end(self, name)
