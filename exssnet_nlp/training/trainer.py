@@ -61,7 +61,9 @@ class ContinualTrainer:
     """Learns `tasks` one after another and measures every task after each one.
 
     Per task: (KKT) -> evaluation of the untrained task (forward transfer) -> mask phase -> weight phase
-    (per method) -> `finish_task` -> evaluation of every task seen so far -> checkpoint.
+    (per method; the task is learned again when its first phase ends at chance, `restart_stuck_tasks`) ->
+    `finish_task` -> evaluation of every task seen so far -> checkpoint. A `learns_jointly` method (multitask)
+    learns every task at once instead (`training/joint.py`).
     """
 
     def __init__(self, model, args: ContinualTrainingArguments, tasks: list[TaskSpec | dict | str | TaskData],
@@ -243,8 +245,9 @@ class ContinualTrainer:
         name, data = self.task_names[index], self.task_data[index]
         for cb in self.callbacks:
             cb.on_task_begin(self, name)
+        timings: dict[str, float] = {}  # summed over attempts: a restart's cost shows in the task's time
         for attempt in range(args.restart_stuck_tasks + 1):
-            phases, timings = self._attempt(index, attempt)
+            phases = self._attempt(index, attempt, timings)
             first = next(iter(phases.values()))
             chance = 1.0 / data.num_labels
             stuck = first["validation_accuracy"] is not None and first["validation_accuracy"] <= chance + args.stuck_margin
@@ -263,18 +266,18 @@ class ContinualTrainer:
             self.model.discard_task()
         self._conclude(name, [index], phases, timings)
 
-    def _attempt(self, index: int, attempt: int) -> tuple[dict[str, Any], dict[str, float]]:
-        """Add task `index` and train its phases; attempt > 0 (a restart) draws another head, scores and data order."""
+    def _attempt(self, index: int, attempt: int, timings: dict[str, float]) -> dict[str, Any]:
+        """Add task `index` and train its phases (their metrics); attempt > 0 (a restart) draws another head, scores
+        and data order."""
         args = self.args
         name, data = self.task_names[index], self.task_data[index]
         set_seed(args.seed + index + 7919 * attempt)  # per-task seeding: a resumed run equals an uninterrupted one
-        timings: dict[str, float] = {}
         self.model.add_task(name, data.num_labels, data.label_names,
                             init_seed=None if attempt == 0 else args.seed + 7919 * attempt)
         self.model.to(self.accelerator.device)
         if index > 0 and args.kkt.mode != "off" and self.model.supports_kkt:
             self.state["kkt"][name] = self._run_kkt(index)
-            timings["kkt"] = self.state["kkt"][name]["seconds"]
+            timings["kkt"] = timings.get("kkt", 0.0) + self.state["kkt"][name]["seconds"]
         if index > 0 and attempt == 0:
             self.state["accuracy_matrix"][index - 1][index] = self.evaluate(name)
         phases = {}
@@ -282,7 +285,7 @@ class ContinualTrainer:
             metrics = train_phase(self, index, position, phase, attempt)
             phases[phase.name] = metrics
             timings[phase.name] = timings.get(phase.name, 0.0) + metrics["seconds"]
-        return phases, timings
+        return phases
 
     def _conclude(self, name: str, learned: list[int], phases: dict[str, Any], timings: dict[str, float]) -> None:
         """After training `learned` (one task, or every task of a joint run, reported under `name`): finish them,
