@@ -182,11 +182,15 @@ def make_probe():
     return Probe()
 
 
+def run_dir_name(method: str, density: float | None) -> str:
+    """The output_dir name of a run under --runs-dir."""
+    return method.replace("+", "_") + ("" if density is None else f"_d{density:g}")
+
+
 def run_one(opts: argparse.Namespace, extra: list[str], method: str, density: float | None) -> dict[str, Any]:
     from exssnet_nlp import load_training_config, run_training
 
-    name = method.replace("+", "_") + ("" if density is None else f"_d{density:g}")
-    output_dir = Path(opts.runs_dir) / name
+    output_dir = Path(opts.runs_dir) / run_dir_name(method, density)
     overrides = ["--method", base_method(method), "--output_dir", str(output_dir), "--overwrite_output_dir", "true",
                  "--kkt_mode", "best" if method == KKT_METHOD else "off", "--mixed_precision", opts.mixed_precision,
                  "--evaluations_per_phase", str(opts.evaluations_per_phase), "--disable_tqdm", "true",
@@ -227,6 +231,7 @@ def run_one(opts: argparse.Namespace, extra: list[str], method: str, density: fl
         "untrained_accuracy": results["untrained_accuracy"],
         "capacity": results["capacity"],
         "kkt": results["kkt"],
+        "restarts": results.get("restarts", {}),
         "curves": results["curves"],
         "timings_per_task": results["timings"]["per_task"],
         "encoder": probe.seen,

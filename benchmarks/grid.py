@@ -66,7 +66,7 @@ def log(msg: str) -> None:
 
 
 def cell_name(method: str, density: float | None, seed: int, variant: str | None) -> str:
-    name = method.replace("+", "_") + ("" if density is None else f"_d{density:g}") + f"_s{seed}"
+    name = accuracy.run_dir_name(method, density) + f"_s{seed}"
     return name + (f"__{variant}" if variant else "")
 
 
@@ -93,7 +93,7 @@ def run_cell(opts: argparse.Namespace, extra: list[str], method: str, density: f
     overrides = budget["overrides"] + VARIANTS.get(opts.variant or "", []) + list(extra) + ["--seed", str(seed)]
     # A checkpoint after every task: a cell cut off (end of a session) resumes at its next task when run again.
     # Only a cell whose run ended but whose JSON was never written starts over.
-    run_dir = Path(ns.runs_dir) / (method.replace("+", "_") + ("" if density is None else f"_d{density:g}"))
+    run_dir = Path(ns.runs_dir) / accuracy.run_dir_name(method, density)
     overrides += ["--overwrite_output_dir", "true" if (run_dir / "results.json").exists() else "false"]
     run = accuracy.run_one(ns, overrides, method, density)
     run.update(seed=seed, variant=opts.variant, budget=opts.budget, overrides=overrides, commit=opts.commit,
@@ -131,6 +131,8 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["bytes_per_task"], row["bytes_per_task_std"] = _mean_std([r["stored_bytes"] / n_tasks for r in group])
         row["wall_per_task"], _ = _mean_std([r["wall_seconds"] / n_tasks for r in group])
         row["machines"] = sorted({r.get("machine", {}).get("device", "?") for r in group})
+        # Stuck-at-chance events over the seeds (results["restarts"]; runs from before the detector record none).
+        row["restarts"] = sum(len(events) for r in group for events in (r.get("restarts") or {}).values())
         rows.append(row)
     rows.sort(key=lambda r: (order.index(r["method"]) if r["method"] in order else len(order),
                              r["density"] or 0.0, r["variant"] or ""))
@@ -139,7 +141,7 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| method | density | seeds | avg acc % (mean +- std) | BWT % | forgetting % | FWT % | stored MB per task "
-             "| wall s per task |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| wall s per task | stuck tasks |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.2f}"
 
@@ -149,7 +151,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {name} | {density} | {len(r['seeds'])} | {pct(r['average_accuracy'])} +- {pct(r['average_accuracy_std'])} "
             f"| {pct(r['bwt'])} | {pct(r['forgetting'])} | {pct(r['fwt'])} | {r['bytes_per_task'] / 1e6:.3f} "
-            f"| {r['wall_per_task']:.1f} |")
+            f"| {r['wall_per_task']:.1f} | {r.get('restarts', 0)} |")
     return "\n".join(lines)
 
 

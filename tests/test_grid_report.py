@@ -34,6 +34,7 @@ def test_report_aggregates_seeds_and_draws_the_frontier(grid, tmp_path):
     results.mkdir()
     runs = [run("exssnet", 0.1, 42, 0.60), run("exssnet", 0.1, 43, 0.70), run("exssnet", 0.1, 44, 0.65),
             run("multitask", None, 42, 0.80, bwt=None, stored=90_000_000)]
+    runs[1]["restarts"] = {"b": [{"attempt": 0, "restarted": True}]}
     for i, r in enumerate(runs):
         (results / f"r{i}.json").write_text(json.dumps(r))
     text = grid.report(results, tmp_path / "frontier_cpu.png")
@@ -41,6 +42,7 @@ def test_report_aggregates_seeds_and_draws_the_frontier(grid, tmp_path):
     assert rows["exssnet@0.1"]["average_accuracy"] == pytest.approx(0.65)
     assert rows["exssnet@0.1"]["average_accuracy_std"] == pytest.approx(0.05)  # sample std of 60, 70, 65
     assert rows["exssnet@0.1"]["bytes_per_task"] == pytest.approx(2_500_000) and rows["exssnet@0.1"]["seeds"] == [42, 43, 44]
+    assert rows["exssnet@0.1"]["restarts"] == 1 and rows["multitask"]["restarts"] == 0
     assert rows["multitask"]["bwt"] is None and rows["multitask"]["average_accuracy"] == pytest.approx(0.8)
     assert "| exssnet | 0.1 | 3 | 65.00 +- 5.00 | 0.00 |" in text
     assert "| multitask | - | 1 | 80.00 +- 0.00 | - | - | - |" in text
