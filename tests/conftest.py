@@ -44,6 +44,20 @@ def tiny_encoder(arch: str, seed: int = 0) -> torch.nn.Module:
 
 
 ARCHS = ["bert", "roberta", "distilbert", "electra"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def import_benchmark(name: str):
+    """A script of benchmarks/ as a module (the scripts import their siblings by name, so the folder goes on the path)."""
+    import importlib
+    import sys
+
+    folder = str(ROOT / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(folder)
 
 
 @pytest.fixture(scope="module")

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import import_benchmark
 
 
 @pytest.fixture()
 def grid():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import grid
-
-        yield grid
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    return import_benchmark("grid")
 
 
 def run(method, density, seed, acc, bwt=0.0, stored=5_000_000):
