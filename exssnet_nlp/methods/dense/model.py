@@ -106,7 +106,7 @@ class MultitaskModel(FinetuneModel):
 
     def begin_joint(self) -> list[nn.Parameter]:
         """Make the encoder and every (finished, frozen) head trainable; returns the heads' parameters."""
-        heads = []
+        heads: list[nn.Parameter] = []
         for head in self.heads.values():
             thaw_to_parameters(head, [n for n, _ in head.named_buffers()])
             heads += list(head.parameters())
