@@ -28,22 +28,14 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import accuracy  # the sibling scripts (this folder is on sys.path); accuracy sets the offline environment and
+import grid  # puts the repository root on sys.path, so a bare checkout runs this too
 
-ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT, ROOT / "benchmarks"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-import accuracy  # noqa: E402  (after the path set-up: the sibling scripts)
-import grid  # noqa: E402
+ROOT = accuracy.ROOT
 
 SCHEMA = 1
 SEEDS = (42, 43, 44)
