@@ -21,6 +21,7 @@ from transformers import (
 )
 
 from exssnet_nlp.training import ContinualCallback
+from exssnet_nlp.training.joint import JOINT
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -171,7 +172,7 @@ class CrashAfterFirstTask(ContinualCallback):
     """Kills a run right after its first task (a joint run: after its one step): a crash to resume from."""
 
     def on_task_end(self, trainer, task):
-        if task in (trainer.task_names[0], "all tasks"):
+        if task in (trainer.task_names[0], JOINT):
             raise RuntimeError("simulated crash")
 
 

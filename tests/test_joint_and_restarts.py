@@ -11,6 +11,7 @@ from conftest import make_args
 from exssnet_nlp import load_pretrained
 from exssnet_nlp.training import ContinualCallback, ContinualTrainer, build_model
 from exssnet_nlp.training.arguments import ContinualTrainingArguments
+from exssnet_nlp.training.joint import JOINT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,11 +44,11 @@ def test_multitask_trains_every_head_on_mixed_batches(tiny_model_dir, small_task
     # Training saw batches holding both tasks' examples (one task name per example).
     mixed = [t for t in batches if isinstance(t, list) and len(set(t)) == 2]
     assert mixed, "no batch mixed the two tasks"
-    assert events.seen == [("begin", "all tasks"), ("end", "all tasks")]
+    assert events.seen == [("begin", JOINT), ("end", JOINT)]
     assert results["accuracy_matrix"][0] == [None, None] and all(v is not None for v in results["accuracy_matrix"][1])
     assert results["bwt"] is None and results["forgetting"] is None and results["fwt"] is None
     assert results["average_accuracy"] == pytest.approx(sum(results["accuracy_matrix"][1]) / 2)
-    assert list(results["curves"]) == ["all tasks"] and results["curves"]["all tasks"]["train"]
+    assert list(results["curves"]) == [JOINT] and results["curves"][JOINT]["train"]
     assert set(results["storage"]["per_task"]) == {"topic", "sentiment"}
     assert not trainer.model.trainable_parameters(), "a finished joint run leaves nothing trainable"
     # Both heads moved away from their seeded init, and the checkpoint reproduces the trained model.
@@ -82,9 +83,11 @@ def test_a_task_stuck_at_chance_is_restarted_and_recorded(tiny_model_dir, small_
                      restart_stuck_tasks=0)
     results = ContinualTrainer(build_model(args), args, small_tasks).train()
     assert [r["restarted"] for r in results["restarts"]["topic"]] == [False]
-    # A default run on tasks it learns restarts nothing.
-    args = make_args(tiny_model_dir, tmp_path / "learns", "exssnet", mask_epochs=1, weight_epochs=1, stuck_margin=0.0)
-    assert ContinualTrainer(build_model(args), args, small_tasks).train()["restarts"].keys() <= {"topic", "sentiment"}
+    # Default settings on tasks whose first phase learns: nothing is restarted or recorded.
+    args = make_args(tiny_model_dir, tmp_path / "learns", "exssnet", weight_epochs=1)
+    results = ContinualTrainer(build_model(args), args, small_tasks).train()
+    assert all(points[-1]["accuracy"] > 0.55 for points in (c["mask"] for c in results["curves"].values()))
+    assert results["restarts"] == {}
 
 
 @pytest.mark.parametrize("field,value", [("restart_stuck_tasks", -1), ("restart_stuck_tasks", 1.5), ("stuck_margin", 2.0),

@@ -80,7 +80,7 @@ class ContinualTrainingArguments:
         "help": "Examples per class held out of training for the learning curve."})
     eval_samples_per_class: int | None = field(default=None, metadata={"help": "Cap on test examples per class."})
     evaluations_per_phase: int = field(default=1, metadata={"help": "Validation points per phase (the learning curve)."})
-    # Adam on scores sometimes leaves a whole mask phase at chance (Amazon, 3 runs of the gap study): a restart
+    # Adam on scores sometimes leaves a whole mask phase at chance (Amazon in two gap-study variants): a restart
     # with another head init and data order costs one phase and rescues the task; it never fires on a phase that learns.
     restart_stuck_tasks: int = field(default=1, metadata={
         "help": "Restarts of a task whose first phase ends at chance on validation (accuracy <= 1/num_labels + "
