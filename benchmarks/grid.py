@@ -96,7 +96,10 @@ def run_cell(opts: argparse.Namespace, extra: list[str], method: str, density: f
     run_dir = Path(ns.runs_dir) / accuracy.run_dir_name(method, density)
     overrides += ["--overwrite_output_dir", "true" if (run_dir / "results.json").exists() else "false"]
     run = accuracy.run_one(ns, overrides, method, density)
+    from exssnet_nlp.checkpoint import FORMAT_VERSION
+
     run.update(seed=seed, variant=opts.variant, budget=opts.budget, overrides=overrides, commit=opts.commit,
+               checkpoint_format=FORMAT_VERSION,
                machine=accuracy.machine_info(), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     return run
 
@@ -116,9 +119,41 @@ def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
 
 def serving_bytes(run: dict[str, Any]) -> int:
     """What serving every task with its task id takes: the checkpoint's bytes without the task-inference routers
-    (only the methods that can infer a task store them; the comparison is at the same job)."""
-    routers = sum(t.get("router", 0) for t in (run.get("storage_per_task") or {}).values())
-    return run["stored_bytes"] - routers
+    (only the methods that can infer a task store them; the comparison is at the same job). Read in the current
+    checkpoint format when `--remeasure-storage` recorded it (`storage_current`)."""
+    storage = run.get("storage_current") or {"stored_bytes": run["stored_bytes"], "per_task": run.get("storage_per_task")}
+    routers = sum(t.get("router", 0) for t in (storage["per_task"] or {}).values())
+    return storage["stored_bytes"] - routers
+
+
+def remeasure_storage(results_dir: Path) -> list[str]:
+    """Load each cell's checkpoint with this code and record what it stores in the current checkpoint format.
+
+    A lossless format change (format 3 deflates masks) moves the bytes of cells that ran before it, not their
+    accuracy: their checkpoints are read back, not re-trained. The cell's own numbers stay as they were run.
+    """
+    from exssnet_nlp import load_pretrained
+    from exssnet_nlp.checkpoint import FORMAT_VERSION
+
+    lines = []
+    for path in sorted(results_dir.glob("*.json")):
+        run = json.loads(path.read_text())
+        if path.name == "summary.json" or run.get("checkpoint_format") == FORMAT_VERSION:
+            continue  # ran in the current format: its own bytes are current
+        checkpoint = ROOT / run["output_dir"] / "checkpoint"
+        if not checkpoint.is_dir():
+            lines.append(f"{path.stem}: no checkpoint at {checkpoint}; left as run")
+            continue
+        model = load_pretrained(str(checkpoint))
+        per_task = {task: model.task_storage_bytes(task) for task in model.finished_tasks}
+        shared = model.shared_storage_bytes()
+        run["storage_current"] = {"format_version": FORMAT_VERSION, "per_task": per_task, "shared": shared,
+                                  "stored_bytes": sum(t["total"] for t in per_task.values()) + shared,
+                                  "commit": _commit(), "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        accuracy.write_json(path, run)
+        lines.append(f"{path.stem}: {run['stored_bytes']:,d} B as run -> {run['storage_current']['stored_bytes']:,d} B "
+                     f"in format {FORMAT_VERSION}")
+    return lines
 
 
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -246,6 +281,9 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]
     parser.add_argument("--results-dir", default=None, help="default: benchmarks/results/grid_<budget>")
     parser.add_argument("--runs-dir", default=None, help="default: runs/grid_<budget>")
     parser.add_argument("--report", action="store_true", help="aggregate the results dir, write frontier.png, exit")
+    parser.add_argument("--remeasure-storage", action="store_true",
+                        help="re-read the checkpoints of cells that ran in an older checkpoint format, record their bytes "
+                             "in the current one (storage_current), exit")
     opts, extra = parser.parse_known_args(argv)
     opts.results_dir = Path(opts.results_dir or f"benchmarks/results/grid_{opts.budget}")
     opts.runs_dir = opts.runs_dir or f"runs/grid_{opts.budget}"
@@ -269,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # An application configures logging; the library only logs (the trainer's per-task lines).
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if opts.remeasure_storage:
+        print("\n".join(remeasure_storage(opts.results_dir)))
+        return 0
     if opts.report:
         print(report(opts.results_dir, opts.results_dir.parent / f"frontier_{opts.budget}.png"))
         if opts.results_dir.resolve().parent == ROOT / "benchmarks" / "results":

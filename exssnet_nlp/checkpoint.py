@@ -1,12 +1,12 @@
 """The checkpoint format, the same for every method: JSON + safetensors only, written by one atomic swap.
 
-Layout of a checkpoint directory (format version 2)::
+Layout of a checkpoint directory (format version 3; 2 is read too)::
 
     exssnet_config.json      format version, method name and config, tasks in order (name, labels, file,
                              metadata), encoder reference and config, base-weight fingerprint, sha256 and
                              size of every tensor file, the trainer's resume state, extra_state
     task_000.safetensors     one file per finished task: what `model.task_state(task)` returns, i.e. its head
-                             (`head.*`) and the method's own tensors (e.g. `mask.<module>` packed bits and
+                             (`head.*`) and the method's own tensors (e.g. `mask.<module>` packed bits, deflated, and
                              `values.<module>` owned weights for supermask methods, `lora.*` for LoRA)
     shared.safetensors       tensors every task shares that training changed (`model.shared_state()`:
                              e.g. `finetune`'s encoder); absent when there are none
@@ -43,7 +43,9 @@ from .tasks import FINISHED
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+# 3: masks may be deflate streams (about half the bytes); format 2 is format 3 with every mask raw, so both are read.
+FORMAT_VERSION = 3
+READABLE_FORMATS = (2, 3)
 CONFIG_NAME = "exssnet_config.json"
 BASE_WEIGHTS_NAME = "base_model.safetensors"
 SHARED_WEIGHTS_NAME = "shared.safetensors"
@@ -273,9 +275,10 @@ def read_config(directory: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err}); the checkpoint is corrupt: save or download it again.") from None
     version = data.get("format_version") if isinstance(data, dict) else None
-    if version != FORMAT_VERSION:
-        raise ValueError(f"{path} has format_version={version!r}; this exssnet-nlp reads format {FORMAT_VERSION} "
-                         "(format 1 was written by exssnet-nlp 0.1: load it with that version, or train again).")
+    if version not in READABLE_FORMATS:
+        hint = ("it is newer: upgrade exssnet-nlp to load it" if isinstance(version, int) and version > FORMAT_VERSION
+                else "format 1 was written by exssnet-nlp 0.1: load it with that version, or train again")
+        raise ValueError(f"{path} has format_version={version!r}; this exssnet-nlp reads formats {READABLE_FORMATS} ({hint}).")
     for key in ("method", "method_config", "tasks", "encoder", "base_fingerprint", "files", CONFIG_DIGEST_KEY):
         if key not in data:
             raise ValueError(f"{path} lacks the {key!r} entry; the checkpoint is incomplete: save it again.")

@@ -1,8 +1,9 @@
-"""Pure tensor functions on masks: exact top-k selection, straight-through estimator, bit packing."""
+"""Pure tensor functions on masks: exact top-k selection, straight-through estimator, bit packing, compression."""
 
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable
 
 import torch
@@ -142,6 +143,53 @@ def unpack_bits(packed: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> to
     weights = _BIT_WEIGHTS.to(packed.device)
     bits = (packed.unsqueeze(-1) & weights) != 0
     return bits.flatten()[:numel].view(*shape)
+
+
+# Level 6: within 2% of level 9's size at a fifth of its time (a MiniLM FFN mask at density 0.1: 0.546 vs 0.537 of
+# the packed bytes); level 1 stores 5% more.
+DEFLATE_LEVEL = 6
+
+
+def deflate_packed(packed: torch.Tensor, level: int = DEFLATE_LEVEL) -> torch.Tensor:
+    """The smaller of packed mask bits and their deflate (zlib) stream, as a 1-d uint8 tensor on the CPU.
+
+    Lossless. A mask keeping a fraction p of its weights carries about H(p) bits per weight (0.47 at p=0.1),
+    so the stream is about half the packed bits. A stream is stored only when strictly shorter, so its length
+    tells `inflate_packed` which of the two it holds.
+    """
+    raw = packed.detach().cpu().contiguous().reshape(-1)
+    if raw.dtype != torch.uint8:
+        raise ValueError(f"packed mask bits must be uint8, got {raw.dtype}.")
+    stream = zlib.compress(raw.numpy().tobytes(), level)
+    if len(stream) >= raw.numel():
+        return raw
+    return torch.frombuffer(bytearray(stream), dtype=torch.uint8)
+
+
+def inflate_packed(data: torch.Tensor, nbytes: int) -> torch.Tensor:
+    """Inverse of `deflate_packed`: the `nbytes` packed mask bytes (stored raw, or as a shorter deflate stream)."""
+    if data.dtype != torch.uint8 or data.dim() != 1 or data.numel() > nbytes:
+        raise ValueError(f"a stored mask must be at most {nbytes} uint8 bytes (packed bits, or their deflate stream); "
+                         f"got {tuple(data.shape)} {data.dtype}. The checkpoint is corrupt or belongs to another model.")
+    if data.numel() == nbytes:
+        return data
+    inflater = zlib.decompressobj()
+    try:
+        # Bounded: a corrupt stream can never expand past the mask it claims to be.
+        out = inflater.decompress(data.cpu().numpy().tobytes(), nbytes + 1)
+    except zlib.error as err:
+        raise ValueError(f"a stored mask is not a valid deflate stream ({err}); the checkpoint is corrupt.") from None
+    if len(out) > nbytes:
+        problem = f"inflates to more than the {nbytes} bytes its layer needs"
+    elif not inflater.eof:
+        problem = f"is a deflate stream cut short after {len(out)} of {nbytes} bytes"
+    elif len(out) < nbytes:
+        problem = f"inflates to {len(out)} bytes, not the {nbytes} its layer needs"
+    elif inflater.unused_data:
+        problem = f"has {len(inflater.unused_data)} bytes after its deflate stream"
+    else:
+        return torch.frombuffer(bytearray(out), dtype=torch.uint8)
+    raise ValueError(f"a stored mask {problem}; the checkpoint is corrupt or belongs to another model.")
 
 
 def overlap(a: torch.Tensor, b: torch.Tensor) -> float:

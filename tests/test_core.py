@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import learn_task, random_batch, tiny_encoder, train_steps
 
-from exssnet_nlp.masks import num_kept, pack_bits, topk_mask, unpack_bits
+from exssnet_nlp.masks import deflate_packed, inflate_packed, num_kept, pack_bits, topk_mask, unpack_bits
 from exssnet_nlp.methods import get_method
 from exssnet_nlp.methods.supermask import ExSSNetConfig, ExSSNetModel
 
@@ -55,6 +55,45 @@ def test_pack_unpack_round_trip(shape):
     assert torch.equal(unpack_bits(packed, shape), mask)
     with pytest.raises(ValueError, match="uint8 bytes"):
         unpack_bits(packed[:-1], shape)
+
+
+@pytest.mark.parametrize("density", [0.05, 0.1, 0.3, 0.5])
+def test_deflated_masks_round_trip_and_are_never_larger(density):
+    mask = torch.rand(384, 1536, generator=torch.Generator().manual_seed(0)) < density
+    packed = pack_bits(mask)
+    stored = deflate_packed(packed)
+    assert stored.dtype == torch.uint8 and stored.dim() == 1 and stored.numel() <= packed.numel()
+    if density <= 0.3:  # entropy H(p) < 0.9 bits per weight: the stream is shorter
+        assert stored.numel() < 0.9 * packed.numel()
+    else:  # a coin-flip mask does not compress: stored raw, and read back as such
+        assert torch.equal(stored, packed)
+    assert torch.equal(inflate_packed(stored, packed.numel()), packed)
+    assert torch.equal(unpack_bits(inflate_packed(stored, packed.numel()), mask.shape), mask)
+
+
+def test_corrupt_deflated_masks_are_refused():
+    import zlib
+
+    packed = pack_bits(torch.rand(64, 64, generator=torch.Generator().manual_seed(0)) < 0.05)
+    need = packed.numel()
+    stream = deflate_packed(packed)
+    assert stream.numel() < need
+
+    def blob(data: bytes) -> torch.Tensor:
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+    cases = [
+        (torch.zeros(need + 1, dtype=torch.uint8), "at most 512 uint8 bytes"),
+        (packed.float(), "at most 512 uint8 bytes"),
+        (stream[:-4].clone(), "cut short after"),  # truncated
+        (blob(b"\x00" * 20), "not a valid deflate stream"),
+        (blob(zlib.compress(bytes(need - 3))), "inflates to 509 bytes, not the 512"),
+        (blob(zlib.compress(bytes(10 * need))), "inflates to more than the 512 bytes"),  # bounded: never expands past need + 1
+        (blob(zlib.compress(bytes(need)) + b"\x00"), "has 1 bytes after its deflate stream"),
+    ]
+    for data, message in cases:
+        with pytest.raises(ValueError, match=message):
+            inflate_packed(data, need)
 
 
 # --- config ------------------------------------------------------------------------------------

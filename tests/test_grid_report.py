@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -41,3 +42,50 @@ def test_report_aggregates_seeds_and_draws_the_frontier(grid, tmp_path):
     assert "| multitask | - | 1 | 80.00 +- 0.00 | - | - | - |" in text
     assert (tmp_path / "frontier_cpu.png").stat().st_size > 10_000
     assert grid.frontier_all(tmp_path) == tmp_path / "frontier.png" and (tmp_path / "frontier.png").exists()
+
+
+def test_remeasure_storage_reads_old_checkpoints_in_the_current_format(grid, tmp_path):
+    """A cell that ran before masks were deflated (format 2: raw packed bits) gets its bytes in format 3; its
+    accuracy, and cells that ran in the current format, are left alone."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import BertConfig, BertModel
+
+    from exssnet_nlp import checkpoint as ckpt
+    from exssnet_nlp.methods import get_method
+
+    torch.manual_seed(0)
+    encoder = BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=64))
+    model = get_method("supsup").build(encoder, {"density": 0.1})
+    model.add_task("a", 2)
+    model.begin_phase("mask")
+    model.finish_task()
+    out = tmp_path / "cell" / "checkpoint"
+    model.save_pretrained(out)
+    # Rewrite it as format 2 wrote it: raw masks (sizes and hashes recorded, config re-sealed).
+    tensors = load_file(out / "task_000.safetensors")
+    raw = {**tensors, **{"mask." + n: layer.packed_mask(0) for n, layer in model.supermask_layers().items()}}
+    save_file(raw, out / "task_000.safetensors")
+    data = json.loads((out / ckpt.CONFIG_NAME).read_text())
+    blob = (out / "task_000.safetensors").read_bytes()
+    data["files"]["task_000.safetensors"] = {"sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}
+    data["format_version"] = 2
+    (out / ckpt.CONFIG_NAME).write_text(json.dumps(ckpt.seal_config(data)))
+    raw_total = sum(t.numel() * t.element_size() for t in raw.values())
+
+    results = tmp_path / "grid_cpu"
+    results.mkdir()
+    old = {**run("supsup", 0.1, 42, 0.6, stored=raw_total), "output_dir": str(tmp_path / "cell"), "tasks": ["a"],
+           "storage_per_task": {"a": {"total": raw_total}}}
+    current = {**run("lora", None, 42, 0.6), "output_dir": str(tmp_path / "nowhere"), "checkpoint_format": ckpt.FORMAT_VERSION}
+    (results / "old.json").write_text(json.dumps(old))
+    (results / "current.json").write_text(json.dumps(current))
+    lines = grid.remeasure_storage(results)
+    assert len(lines) == 1 and lines[0].startswith("old:") and "in format 3" in lines[0]
+    after = json.loads((results / "old.json").read_text())
+    measured = after["storage_current"]
+    assert measured["format_version"] == 3 and measured["stored_bytes"] == model.task_storage_bytes("a")["total"]
+    assert measured["stored_bytes"] < raw_total and grid.serving_bytes(after) == measured["stored_bytes"]
+    assert after["average_accuracy"] == 0.6 and after["stored_bytes"] == raw_total  # the cell as run is kept
+    assert json.loads((results / "current.json").read_text()) == current

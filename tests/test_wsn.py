@@ -7,7 +7,7 @@ import torch
 from conftest import random_batch, tiny_encoder, train_steps
 
 from exssnet_nlp.kkt import apply_transfer
-from exssnet_nlp.masks import unpack_bits
+from exssnet_nlp.masks import deflate_packed, unpack_bits
 from exssnet_nlp.methods import get_method, load_pretrained
 from exssnet_nlp.methods.supermask import ExSSNetConfig
 from exssnet_nlp.methods.wsn import JointMaskedWeight, WSNConfig, WSNLinear, WSNModel
@@ -202,10 +202,12 @@ def test_task_storage_is_mask_values_and_head():
     for task in model.tasks:
         storage = model.task_storage_bytes(task)
         assert set(storage) == {"head", "mask", "values", "total"}
-        assert storage["mask"] == sum((layer.weight.numel() + 7) // 8 for layer in layers.values())
+        # Packed bits, each deflated when that is shorter (format 3): never more than the bits.
+        index = model.task_index(task)
+        stored = [deflate_packed(layer.packed_mask(index)).numel() for layer in layers.values()]
+        assert storage["mask"] == sum(stored) < sum((layer.weight.numel() + 7) // 8 for layer in layers.values())
         owned = sum(int(m.sum()) for m in model.exclusive_mask(task).values())
         assert storage["values"] == owned * 4  # float32
-        index = model.task_index(task)
         assert storage["head"] == sum(t.numel() * t.element_size() for t in model.heads[str(index)].state_dict().values())
         assert storage["total"] == storage["head"] + storage["mask"] + storage["values"]
     # Task a owns its whole mask; b owns only what a's mask does not hold.

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 
 from ...export import export_sequence_classifier
 from ...kkt import KKTConfig, KKTResult, run_kkt, vote_topk
-from ...masks import topk_mask_rows, unpack_bits
+from ...masks import deflate_packed, inflate_packed, topk_mask_rows, unpack_bits
 from ...targets import replace_submodule, target_linears
 from ...tasks import pool, task_seed
 from ..base import ContinualModel, Phase
@@ -42,6 +42,9 @@ class ExSSNetModel(ContinualModel):
 
     def __init__(self, encoder: PreTrainedModel, config: ExSSNetConfig) -> None:
         super().__init__(encoder, config)
+        # (layer name, task index) -> the stored (deflated) mask: finished masks never change, so each is
+        # compressed once, not on every save.
+        self._stored_masks: dict[tuple[str, int], torch.Tensor] = {}
         self._inject()
 
     @property
@@ -186,7 +189,7 @@ class ExSSNetModel(ContinualModel):
     def _task_tensors(self, index: int) -> dict[str, torch.Tensor]:
         tensors: dict[str, torch.Tensor] = {}
         for name, layer in self.supermask_layers().items():
-            tensors[MASK_PREFIX + name] = layer.packed_mask(index)
+            tensors[MASK_PREFIX + name] = self._stored_mask(name, layer, index)
             if self.config.method != "supsup":
                 # Current values, not the ones at finish time: for ssnet later tasks may have retrained them.
                 positions = layer.owned_mask(index).reshape(-1).nonzero().squeeze(1)
@@ -196,6 +199,12 @@ class ExSSNetModel(ContinualModel):
             tensors[f"{NORM_PREFIX}{name}.weight"] = weight.detach()
             tensors[f"{NORM_PREFIX}{name}.bias"] = bias.detach()
         return tensors
+
+    def _stored_mask(self, name: str, layer: SupermaskLinear, index: int) -> torch.Tensor:
+        key = (name, index)
+        if key not in self._stored_masks:
+            self._stored_masks[key] = deflate_packed(layer.packed_mask(index))
+        return self._stored_masks[key]
 
     def _install_task_tensors(self, index: int, tensors: dict[str, torch.Tensor], file_name: str) -> None:
         """Register the saved masks, write the owned values into place, keep the norms: no replay of training."""
@@ -210,13 +219,13 @@ class ExSSNetModel(ContinualModel):
         # Everything is checked before anything changes: a bad file leaves the model as it was.
         plan = []
         for name, layer in layers.items():
-            packed = tensors[MASK_PREFIX + name]
+            stored = tensors[MASK_PREFIX + name]
             need = (layer.weight.numel() + 7) // 8
-            if packed.dtype != torch.uint8 or packed.numel() != need:
-                raise ValueError(f"{file_name}: mask of {name} has {packed.numel()} {packed.dtype} entries; this encoder's layer "
-                                 f"{tuple(layer.weight.shape)} needs {need} uint8 bytes. The checkpoint belongs to another "
-                                 "encoder or is corrupt.")
-            mask = unpack_bits(packed.cpu(), layer.weight.shape).to(layer.weight.device)
+            try:
+                packed = inflate_packed(stored, need)
+            except ValueError as err:
+                raise ValueError(f"{file_name}: mask of {name} (layer {tuple(layer.weight.shape)}): {err}") from None
+            mask = unpack_bits(packed, layer.weight.shape).to(layer.weight.device)
             kept = int(mask.sum())
             if kept != layer.k:  # every mask keeps exactly k = round(density * numel) weights
                 raise ValueError(f"{file_name}: mask of {name} keeps {kept} weights; density {self.config.density} keeps "
@@ -228,7 +237,7 @@ class ExSSNetModel(ContinualModel):
                 if values.dim() != 1 or values.numel() != positions.numel() or values.dtype != layer.weight.dtype:
                     raise ValueError(f"{file_name}: values of {name} should be {positions.numel()} {layer.weight.dtype} "
                                      f"entries, got {tuple(values.shape)} {values.dtype}; the checkpoint is corrupt.")
-            plan.append((layer, packed, positions, values))
+            plan.append((name, layer, stored, packed, positions, values))
         for name, norm in norms.items():
             for leaf in ("weight", "bias"):
                 value = tensors[f"{NORM_PREFIX}{name}.{leaf}"]
@@ -236,10 +245,12 @@ class ExSSNetModel(ContinualModel):
                     raise ValueError(f"{file_name}: norm {name}.{leaf} has shape {tuple(value.shape)}, the encoder's "
                                      f"{tuple(norm.weight.shape)}; the checkpoint belongs to another encoder or is corrupt.")
         with torch.no_grad():
-            for layer, packed, positions, values in plan:
+            for name, layer, stored, packed, positions, values in plan:
                 if positions is not None:
                     layer.weight.view(-1)[positions] = values.to(layer.weight.device)
                 layer.add_finished_mask(packed)
+                if stored.numel() < packed.numel():  # kept as read: saving again does not re-compress it
+                    self._stored_masks[(name, index)] = stored.cpu()
         for name, norm in norms.items():
             norm.add_finished_affine(tensors[f"{NORM_PREFIX}{name}.weight"], tensors[f"{NORM_PREFIX}{name}.bias"])
 
