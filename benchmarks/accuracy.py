@@ -392,18 +392,23 @@ def report(data: dict[str, Any], with_matrices: bool = False) -> str:
 
 
 # --- main ------------------------------------------------------------------------------------------
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark script that trains through `run_one` shares."""
+    parser.add_argument("--config", default="configs/webnlp_local.yaml", help="the task sequence and base settings (YAML)")
+    parser.add_argument("--model", default=None, help="overrides model_name_or_path")
+    parser.add_argument("--data-root", default=None, help=f"replaces the {DATA_PREFIX} prefix of the task files")
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"], help="the trainer's mixed_precision")
+
 def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/webnlp_local.yaml")
+    add_run_options(parser)
     parser.add_argument("--methods", default=None, help="comma-separated (default: all), from: " + ", ".join(all_methods()))
     parser.add_argument("--densities", default="0.05,0.1", help="comma-separated densities for the masked methods")
     parser.add_argument("--train-samples-per-class", default="200", help="an integer, or `all`")
     parser.add_argument("--device-tag", default="cpu", help="names the output and the runs folder")
     parser.add_argument("--output", default=None, help="default: benchmarks/results/accuracy_<tag>.json")
     parser.add_argument("--runs-dir", default=None, help="per-run output_dirs (default: runs/accuracy_<tag>)")
-    parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
-    parser.add_argument("--model", default=None, help="overrides model_name_or_path")
-    parser.add_argument("--data-root", default=None, help=f"replaces the {DATA_PREFIX} prefix of the task files")
     parser.add_argument("--evaluations-per-phase", type=int, default=4)
     parser.add_argument("--save-checkpoints", action="store_true", help="save a checkpoint after each task (off: faster)")
     parser.add_argument("--resume", action="store_true", help="keep the runs --output already holds and skip them")

@@ -263,7 +263,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu", help="settings preset (see BUDGETS)")
-    parser.add_argument("--config", default="configs/webnlp_local.yaml")
+    accuracy.add_run_options(parser)
     parser.add_argument("--methods", default=None, help="comma list (default: every method, + exssnet+kkt)")
     parser.add_argument("--densities", default=",".join(f"{d:g}" for d in DENSITIES))
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
@@ -275,9 +275,6 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]
     parser.add_argument("--max-runs", type=int, default=None, help="stop after this many runs")
     parser.add_argument("--start-before", type=float, default=None,
                         help="seconds from launch after which no new cell starts (device time limits)")
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--data-root", default=None)
-    parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
     parser.add_argument("--results-dir", default=None, help="default: benchmarks/results/grid_<budget>")
     parser.add_argument("--runs-dir", default=None, help="default: runs/grid_<budget>")
     parser.add_argument("--report", action="store_true", help="aggregate the results dir, write frontier.png, exit")

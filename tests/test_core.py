@@ -447,7 +447,8 @@ def test_task_norms_keep_old_tasks_exact(arch, method):
     # By tensor-name prefix of the task's checkpoint tensors; supsup trains no weights, so stores no values.
     assert set(storage) == {"head", "mask", "norm", "total"} | ({"values"} if method != "supsup" else set())
     assert storage["norm"] == sum(2 * m.weight.numel() * 4 for m in norms.values())
-    assert storage["mask"] == sum((layer.weight.numel() + 7) // 8 for layer in model.supermask_layers().values())
+    # Each mask as stored: its packed bits, or their deflate stream when shorter.
+    assert storage["mask"] == sum(deflate_packed(layer.packed_mask(1)).numel() for layer in model.supermask_layers().values())
     assert storage["head"] == sum(t.numel() * 4 for t in model.heads["1"].state_dict().values())
     if method != "supsup":
         assert storage["values"] == 4 * sum(int(m.sum()) for m in model.exclusive_mask("b").values())
