@@ -129,8 +129,9 @@ def serving_bytes(run: dict[str, Any]) -> int:
 def remeasure_storage(results_dir: Path) -> list[str]:
     """Load each cell's checkpoint with this code and record what it stores in the current checkpoint format.
 
-    A lossless format change (format 3 deflates masks) moves the bytes of cells that ran before it, not their
-    accuracy: their checkpoints are read back, not re-trained. The cell's own numbers stay as they were run.
+    A lossless change of how tensors are stored (format 3 deflates masks) moves the bytes of cells that ran before
+    it, not their accuracy: their checkpoints are read back, not re-trained. The cell's own numbers stay as run;
+    a cell that ran with this code gets its own bytes again.
     """
     from exssnet_nlp import load_pretrained
     from exssnet_nlp.checkpoint import FORMAT_VERSION
@@ -138,8 +139,8 @@ def remeasure_storage(results_dir: Path) -> list[str]:
     lines = []
     for path in sorted(results_dir.glob("*.json")):
         run = json.loads(path.read_text())
-        if path.name == "summary.json" or run.get("checkpoint_format") == FORMAT_VERSION:
-            continue  # ran in the current format: its own bytes are current
+        if path.name == "summary.json":
+            continue
         checkpoint = ROOT / run["output_dir"] / "checkpoint"
         if not checkpoint.is_dir():
             lines.append(f"{path.stem}: no checkpoint at {checkpoint}; left as run")

@@ -92,6 +92,11 @@ def text_task(rows: dict[int, list[str]], classes: tuple[int, ...], per_class: i
     return encode(train), encode(held)
 
 
+def mask_bytes(stored: dict[str, int]) -> int:
+    """Masks as stored: deflated alone (`mask`) or XOR the previous task's (`maskxor`)."""
+    return stored.get("mask", 0) + stored.get("maskxor", 0)
+
+
 def add_bytes(total: dict[str, int], task: dict[str, int]) -> dict[str, int]:
     """Bytes by kind of every finished task so far: `total` plus one task's `task_storage_bytes`."""
     return {k: total.get(k, 0) + task.get(k, 0) for k in {*total, *task}}
@@ -186,11 +191,11 @@ def main() -> None:
         capacity = model.capacity()
         free = sum(c["free"] for c in capacity.values()) / len(capacity) if capacity else None
         rows.append({"task": t, "name": name, "classes": len(classes), "seconds": seconds, "held_out_accuracy": held_acc,
-                     "mask_bytes": stored.get("mask", 0), "head_bytes": stored.get("head", 0),
+                     "mask_bytes": mask_bytes(stored), "head_bytes": stored.get("head", 0),
                      "stored_bytes_by_kind": dict(sorted(stored.items())), "mean_free_capacity": free})
         if t % 10 == 0 or t == len(specs) - 1:
             print(f"task {t:3d} {name}: {seconds:.3f}s, held-out acc {held_acc:.2f}, stored {stored['total']:,d} B "
-                  f"(masks {stored.get('mask', 0):,d} B), free capacity {'-' if free is None else f'{free:.3f}'}", flush=True)
+                  f"(masks {mask_bytes(stored):,d} B), free capacity {'-' if free is None else f'{free:.3f}'}", flush=True)
 
     unchanged, accuracy_now = {}, {}
     for name, (held, expected, _) in probes.items():

@@ -150,24 +150,36 @@ def unpack_bits(packed: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> to
 DEFLATE_LEVEL = 6
 
 
-def deflate_packed(packed: torch.Tensor, level: int = DEFLATE_LEVEL) -> torch.Tensor:
+def deflate_packed(packed: torch.Tensor, reference: torch.Tensor | None = None, level: int = DEFLATE_LEVEL) -> torch.Tensor:
     """The smaller of packed mask bits and their deflate (zlib) stream, as a 1-d uint8 tensor on the CPU.
 
     Lossless. A mask keeping a fraction p of its weights carries about H(p) bits per weight (0.47 at p=0.1),
-    so the stream is about half the packed bits. A stream is stored only when strictly shorter, so its length
-    tells `inflate_packed` which of the two it holds.
+    so the stream is about half the packed bits. With `reference` (packed bits of a mask the reader already
+    has), the bits coded are `packed XOR reference`: a mask that mostly repeats the reference costs little.
+    A stream is stored only when strictly shorter, so its length tells `inflate_packed` which it holds.
     """
     raw = packed.detach().cpu().contiguous().reshape(-1)
     if raw.dtype != torch.uint8:
         raise ValueError(f"packed mask bits must be uint8, got {raw.dtype}.")
+    if reference is not None:
+        raw = torch.bitwise_xor(raw, reference.detach().cpu().reshape(-1))
     stream = zlib.compress(raw.numpy().tobytes(), level)
     if len(stream) >= raw.numel():
         return raw
     return torch.frombuffer(bytearray(stream), dtype=torch.uint8)
 
 
-def inflate_packed(data: torch.Tensor, nbytes: int) -> torch.Tensor:
-    """Inverse of `deflate_packed`: the `nbytes` packed mask bytes (stored raw, or as a shorter deflate stream)."""
+def inflate_packed(data: torch.Tensor, nbytes: int, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse of `deflate_packed` (with the same `reference`): the `nbytes` packed mask bytes."""
+    out = _inflate(data, nbytes)
+    if reference is None:
+        return out
+    if reference.dtype != torch.uint8 or reference.numel() != nbytes:
+        raise ValueError(f"the reference mask must be {nbytes} packed uint8 bytes, got {reference.numel()} {reference.dtype}.")
+    return torch.bitwise_xor(out.to(reference.device), reference.reshape(-1))
+
+
+def _inflate(data: torch.Tensor, nbytes: int) -> torch.Tensor:
     if data.dtype != torch.uint8 or data.dim() != 1 or data.numel() > nbytes:
         raise ValueError(f"a stored mask must be at most {nbytes} uint8 bytes (packed bits, or their deflate stream); "
                          f"got {tuple(data.shape)} {data.dtype}. The checkpoint is corrupt or belongs to another model.")

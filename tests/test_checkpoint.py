@@ -25,6 +25,7 @@ from transformers import (
 from exssnet_nlp import checkpoint as ckpt
 from exssnet_nlp import hub
 from exssnet_nlp.checkpoint import fingerprint_tensors
+from exssnet_nlp.masks import deflate_packed
 from exssnet_nlp.methods import get_method, load_pretrained
 from exssnet_nlp.methods.supermask import ExSSNetConfig, ExSSNetModel, SupermaskLinear
 from exssnet_nlp.training.evaluation import load_for_inference, predict
@@ -187,8 +188,10 @@ def test_round_trip_in_memory_encoder(tmp_path: Path, kind: str, method: str) ->
         task_file, state = load_file(out / ckpt.task_file_name(index)), model.task_state(task)
         assert sorted(task_file) == sorted(state)
         assert all(torch.equal(task_file[k], state[k].cpu()) for k in state)
-        assert {k.split(".", 1)[0] for k in task_file} == {"head", "mask"} | ({"values"} if method != "supsup" else set())
-        assert all(t.dtype == torch.uint8 for k, t in task_file.items() if k.startswith("mask."))
+        kinds = {k.split(".", 1)[0] for k in task_file}
+        assert kinds - {"mask", "maskxor"} == {"head"} | ({"values"} if method != "supsup" else set())
+        assert kinds & {"mask", "maskxor"} and (index > 0 or "maskxor" not in kinds)
+        assert all(t.dtype == torch.uint8 for k, t in task_file.items() if k.startswith(("mask.", "maskxor.")))
 
     loaded = ExSSNetModel.from_pretrained(str(out))
     assert loaded.method == method and loaded.config == model.config
@@ -494,16 +497,16 @@ def test_format_version_and_method_refused(tmp_path: Path, bert_model: ExSSNetMo
 
 def test_wrong_mask_size_refused(tmp_path: Path, sparse_model: ExSSNetModel) -> None:
     out = sparse_model.save_pretrained(tmp_path / "ckpt")
-    original = load_file(out / "task_001.safetensors")
+    original = load_file(out / "task_000.safetensors")
     name, layer = next((n, m) for n, m in sparse_model.supermask_layers().items()
-                       if m.weight.numel() == 2048 and original["mask." + n].numel() < m.packed_mask(1).numel())
-    packed = layer.packed_mask(1)
+                       if m.weight.numel() == 2048 and original["mask." + n].numel() < m.packed_mask(0).numel())
+    packed = layer.packed_mask(0)
     cases = [
         (torch.cat([packed, packed[:1]]), "mask of encoder.* must be at most 256 uint8 bytes"),  # one byte too many
         (original["mask." + name][:-3].clone(), "mask of encoder.* cut short"),  # a stream missing its end
     ]
     for stored, message in cases:
-        rewrite_tensor_file(out, "task_001.safetensors", {**original, "mask." + name: stored})
+        rewrite_tensor_file(out, "task_000.safetensors", {**original, "mask." + name: stored})
         with pytest.raises(ValueError, match=message):
             load_pretrained(out)
 
@@ -515,12 +518,14 @@ def test_masks_are_stored_deflated_and_format_2_raw_masks_still_load(tmp_path: P
     for index, task in enumerate(sparse_model.tasks):
         tensors = load_file(out / ckpt.task_file_name(index))
         packed = {n: layer.packed_mask(index) for n, layer in sparse_model.supermask_layers().items()}
-        stored = {n: tensors["mask." + n] for n in packed}
+        stored = {n: tensors["mask." + n] if "mask." + n in tensors else tensors["maskxor." + n] for n in packed}
         # At density 0.1 a mask holds about 0.47 bits per weight: together the streams are well under the bits.
         assert sum(t.numel() for t in stored.values()) < 0.8 * sum(t.numel() for t in packed.values())
         assert all(stored[n].numel() <= packed[n].numel() for n in packed)
-        assert sparse_model.task_storage_bytes(task)["mask"] == sum(t.numel() for t in stored.values())
-        raw_files[ckpt.task_file_name(index)] = {**tensors, **{"mask." + n: t.clone() for n, t in packed.items()}}
+        storage = sparse_model.task_storage_bytes(task)
+        assert storage.get("mask", 0) + storage.get("maskxor", 0) == sum(t.numel() for t in stored.values())
+        plain = {k: v for k, v in tensors.items() if not k.startswith(("mask.", "maskxor."))}
+        raw_files[ckpt.task_file_name(index)] = {**plain, **{"mask." + n: t.clone() for n, t in packed.items()}}
     assert_same_logits(sparse_model, load_pretrained(out), inputs)
     # What format 2 wrote: every mask as raw packed bits.
     for name, tensors in raw_files.items():
@@ -533,6 +538,38 @@ def test_masks_are_stored_deflated_and_format_2_raw_masks_still_load(tmp_path: P
     for index in range(len(sparse_model.tasks)):
         name = ckpt.task_file_name(index)
         assert (again / name).read_bytes() == (sparse_model.save_pretrained(tmp_path / "fresh") / name).read_bytes()
+
+
+def test_a_mask_repeating_the_previous_one_is_stored_as_their_xor(tmp_path: Path) -> None:
+    """Untrained supsup tasks keep nearly the same top-|weight| masks: each layer of the second stores `maskxor.`
+    (less than half its mask alone) and loads back the same masks. A first task never has one; a layer never both."""
+    model = get_method("supsup").build(tiny_encoder("bert", 0), {"density": 0.1})
+    for task in ("a", "b"):
+        model.add_task(task, 2)
+        model.begin_phase("mask")
+        model.finish_task()
+    out = model.save_pretrained(tmp_path / "ckpt")
+    second = load_file(out / "task_001.safetensors")
+    layers = model.supermask_layers()
+    assert {k for k in second if k.startswith("mask")} == {"maskxor." + n for n in layers}
+    assert all(second["maskxor." + n].numel() < deflate_packed(layer.packed_mask(1)).numel() / 2 for n, layer in layers.items())
+    loaded = load_pretrained(out)
+    for name, layer in loaded.supermask_layers().items():
+        assert torch.equal(layer.packed_mask(1), layers[name].packed_mask(1)), name
+    assert_same_logits(model, loaded, batch(4))
+    first = load_file(out / "task_000.safetensors")
+    name = next(iter(layers))
+    cases = [
+        ("task_000.safetensors", {**{k: v for k, v in first.items() if k != "mask." + name}, "maskxor." + name: second["maskxor." + name]},
+         "unexpected \\['maskxor"),
+        ("task_001.safetensors", {**second, "mask." + name: first["mask." + name]}, "unexpected \\['mask\\."),
+    ]
+    for file, tensors, message in cases:
+        good = load_file(out / file)
+        rewrite_tensor_file(out, file, tensors)
+        with pytest.raises(ValueError, match=message):
+            load_pretrained(out)
+        rewrite_tensor_file(out, file, good)
 
 
 def test_corrupt_mask_values_and_missing_layer_refused(tmp_path: Path, bert_model: ExSSNetModel) -> None:

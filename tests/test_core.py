@@ -445,10 +445,12 @@ def test_task_norms_keep_old_tasks_exact(arch, method):
         assert not any(isinstance(t, torch.nn.Parameter) for t in norm.task_affine(0))
     storage = model.task_storage_bytes("b")
     # By tensor-name prefix of the task's checkpoint tensors; supsup trains no weights, so stores no values.
-    assert set(storage) == {"head", "mask", "norm", "total"} | ({"values"} if method != "supsup" else set())
+    masks = {"mask", "maskxor"} & set(storage)  # each layer's mask alone or XOR task a's, whichever is shorter
+    assert set(storage) == {"head", "norm", "total"} | masks | ({"values"} if method != "supsup" else set()) and masks
     assert storage["norm"] == sum(2 * m.weight.numel() * 4 for m in norms.values())
-    # Each mask as stored: its packed bits, or their deflate stream when shorter.
-    assert storage["mask"] == sum(deflate_packed(layer.packed_mask(1)).numel() for layer in model.supermask_layers().values())
+    assert sum(storage[k] for k in masks) == sum(min(deflate_packed(layer.packed_mask(1)).numel(),
+                                                     deflate_packed(layer.packed_mask(1), layer.packed_mask(0)).numel())
+                                                 for layer in model.supermask_layers().values())
     assert storage["head"] == sum(t.numel() * 4 for t in model.heads["1"].state_dict().values())
     if method != "supsup":
         assert storage["values"] == 4 * sum(int(m.sum()) for m in model.exclusive_mask("b").values())

@@ -46,7 +46,7 @@ def test_report_aggregates_seeds_and_draws_the_frontier(grid, tmp_path):
 
 def test_remeasure_storage_reads_old_checkpoints_in_the_current_format(grid, tmp_path):
     """A cell that ran before masks were deflated (format 2: raw packed bits) gets its bytes in format 3; its
-    accuracy, and cells that ran in the current format, are left alone."""
+    accuracy is left alone, and so is a cell whose checkpoint is gone."""
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import BertConfig, BertModel
@@ -82,7 +82,7 @@ def test_remeasure_storage_reads_old_checkpoints_in_the_current_format(grid, tmp
     (results / "old.json").write_text(json.dumps(old))
     (results / "current.json").write_text(json.dumps(current))
     lines = grid.remeasure_storage(results)
-    assert len(lines) == 1 and lines[0].startswith("old:") and "in format 3" in lines[0]
+    assert lines[0].startswith("current: no checkpoint at") and lines[1].startswith("old:") and "in format 3" in lines[1]
     after = json.loads((results / "old.json").read_text())
     measured = after["storage_current"]
     assert measured["format_version"] == 3 and measured["stored_bytes"] == model.task_storage_bytes("a")["total"]

@@ -201,15 +201,19 @@ def test_task_storage_is_mask_values_and_head():
     layers = model.supermask_layers()
     for task in model.tasks:
         storage = model.task_storage_bytes(task)
-        assert set(storage) == {"head", "mask", "values", "total"}
-        # Packed bits, each deflated when that is shorter (format 3): never more than the bits.
         index = model.task_index(task)
-        stored = [deflate_packed(layer.packed_mask(index)).numel() for layer in layers.values()]
-        assert storage["mask"] == sum(stored) < sum((layer.weight.numel() + 7) // 8 for layer in layers.values())
+        # Each mask deflated, alone (`mask`) or XOR the previous task's (`maskxor`), whichever is shorter.
+        assert {"head", "values", "total"} < set(storage) <= {"head", "mask", "maskxor", "values", "total"}
+        assert (index == 0) <= ("maskxor" not in storage)
+        stored = [min(deflate_packed(layer.packed_mask(index)).numel(),
+                      deflate_packed(layer.packed_mask(index), layer.packed_mask(index - 1)).numel() if index else 1 << 60)
+                  for layer in layers.values()]
+        mask_bytes = storage.get("mask", 0) + storage.get("maskxor", 0)
+        assert mask_bytes == sum(stored) < sum((layer.weight.numel() + 7) // 8 for layer in layers.values())
         owned = sum(int(m.sum()) for m in model.exclusive_mask(task).values())
         assert storage["values"] == owned * 4  # float32
         assert storage["head"] == sum(t.numel() * t.element_size() for t in model.heads[str(index)].state_dict().values())
-        assert storage["total"] == storage["head"] + storage["mask"] + storage["values"]
+        assert storage["total"] == storage["head"] + mask_bytes + storage["values"]
     # Task a owns its whole mask; b owns only what a's mask does not hold.
     assert model.task_storage_bytes("a")["values"] == 4 * sum(layer.k for layer in layers.values())
     assert model.task_storage_bytes("b")["values"] < model.task_storage_bytes("a")["values"]
