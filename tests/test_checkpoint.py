@@ -540,6 +540,38 @@ def test_masks_are_stored_deflated_and_format_2_raw_masks_still_load(tmp_path: P
         assert (again / name).read_bytes() == (sparse_model.save_pretrained(tmp_path / "fresh") / name).read_bytes()
 
 
+@pytest.mark.parametrize("method", ["exssnet", "ssnet", "wsn"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_values_kept_in_a_narrower_dtype_are_served_as_stored(tmp_path: Path, method: str, dtype: str) -> None:
+    """values_dtype rounds a task's trained values when it finishes: the live model, the checkpoint (half the
+    value bytes) and the reloaded model agree exactly, and an old task's logits never change afterwards."""
+    model = make_model("bert", method, values_dtype=dtype, specs=SPECS[:1])
+    inputs = batch(5)
+    first = all_logits(model, inputs)
+    learn_tasks(model, SPECS[1:])
+    if method != "ssnet":  # ssnet retrains earlier tasks' weights: it forgets by design
+        assert torch.equal(all_logits(model, inputs)["alpha"], first["alpha"])
+    torch_dtype = getattr(torch, dtype)
+    for index, task in enumerate(model.tasks):
+        state = model.task_state(task)
+        owned = model.exclusive_mask(task)
+        for name, layer in model.supermask_layers().items():
+            live = layer.weight.detach().flatten()[owned[name].flatten()]
+            assert state["values." + name].dtype == torch_dtype and torch.equal(live.to(torch_dtype).float(), live), name
+        assert model.task_storage_bytes(task)["values"] == 2 * sum(int(m.sum()) for m in owned.values())
+    out = model.save_pretrained(tmp_path / "ckpt")
+    loaded = load_pretrained(out)
+    assert loaded.config.values_dtype == dtype
+    assert_same_logits(model, loaded, inputs)
+
+
+def test_bad_values_dtype_refused() -> None:
+    with pytest.raises(ValueError, match="values_dtype='int8'.*float16, bfloat16"):
+        ExSSNetConfig(values_dtype="int8")
+    with pytest.raises(ValueError, match="supsup trains no weight values"):
+        ExSSNetConfig(method="supsup", values_dtype="float16")
+
+
 def test_a_mask_repeating_the_previous_one_is_stored_as_their_xor(tmp_path: Path) -> None:
     """Untrained supsup tasks keep nearly the same top-|weight| masks: each layer of the second stores `maskxor.`
     (less than half its mask alone) and loads back the same masks. A first task never has one; a layer never both."""

@@ -12,6 +12,7 @@ METHODS = ("exssnet", "ssnet", "supsup")
 SCORE_INITS = ("kaiming_uniform", "magnitude", "uniform")
 WEIGHT_INITS = ("pretrained", "signed_constant")
 TOPK_METHODS = ("auto", "topk", "kthvalue", "sort")
+VALUES_DTYPES = ("float16", "bfloat16")
 
 
 @dataclass
@@ -41,6 +42,10 @@ class ExSSNetConfig(MethodConfig):
         "help": "Give every task its own copy of each LayerNorm affine, trained with its mask (MiniLM: 39,936 bytes per task)."})
     weight_init: str = field(default="pretrained", metadata={
         "help": "pretrained (keep the encoder's weights) | signed_constant (sign(w) * std(w) per masked layer, as SupSup)."})
+    values_dtype: str | None = field(default=None, metadata={
+        "help": "Dtype a task's trained weight values are kept and stored in: null (the encoder's, exact) | float16 | "
+                "bfloat16. They are rounded when the task finishes, before it is evaluated, so what is measured is what "
+                "is served; halves the values' bytes per task (not for supsup, which trains no weights)."})
     topk_method: str = field(default="auto", metadata={
         "help": "Top-k selection every mask-phase step: auto (time each exact method once per shape and device) | "
                 "topk | kthvalue | sort."})
@@ -58,6 +63,11 @@ class ExSSNetConfig(MethodConfig):
         check_choice(type(self).__name__, "score_init", self.score_init, SCORE_INITS)
         check_choice(type(self).__name__, "weight_init", self.weight_init, WEIGHT_INITS)
         check_choice(type(self).__name__, "topk_method", self.topk_method, TOPK_METHODS)
+        if self.values_dtype is not None:
+            check_choice(type(self).__name__, "values_dtype", self.values_dtype, VALUES_DTYPES)
+            if self.method == "supsup":
+                raise ValueError(f"{type(self).__name__}.values_dtype={self.values_dtype!r}: supsup trains no weight "
+                                 "values to store; leave values_dtype unset (null), or use exssnet, ssnet or wsn.")
         try:
             scale = float(self.reuse_score_scale)
         except (TypeError, ValueError):

@@ -27,7 +27,8 @@ SHARED_VIEW = -1  # `active_task` for the shared weights without any mask (the t
 class SupermaskLinear(nn.Module):
     """A drop-in replacement for `nn.Linear` whose weight is `weight * mask_task`."""
 
-    def __init__(self, base: nn.Linear, density: float, topk_method: str = "auto") -> None:
+    def __init__(self, base: nn.Linear, density: float, topk_method: str = "auto",
+                 values_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.in_features = base.in_features
         self.out_features = base.out_features
@@ -37,6 +38,7 @@ class SupermaskLinear(nn.Module):
         self.density = density
         self.k = num_kept(self.weight.numel(), density)
         self.topk_method = topk_method
+        self.values_dtype = values_dtype  # trained values are rounded to it when a task finishes (None: kept exact)
         self.num_finished = 0
         self.active_task: int | None = None
         self.learning_task: int | None = None
@@ -160,12 +162,20 @@ class SupermaskLinear(nn.Module):
         self.phase = WEIGHT_PHASE
         self._invalidate()
 
+    def frozen_values(self, values: torch.Tensor) -> torch.Tensor:
+        """Trained values as a finished task keeps them: rounded through `values_dtype`, so that the live weights
+        are exactly what a checkpoint stores in that dtype (a reloaded model serves the same logits)."""
+        values = values.detach()
+        if self.values_dtype is not None:
+            values = values.to(self.values_dtype)
+        return values.to(self.weight.dtype)
+
     def finish_task(self) -> None:
         """Freeze the task: trained values into `weight`, its mask into packed bits."""
         mask = self.current_mask()
         with torch.no_grad():
             if self.exclusive_values is not None:
-                self.weight.view(-1)[self.exclusive_index] = self.exclusive_values.detach().to(self.weight.dtype)
+                self.weight.view(-1)[self.exclusive_index] = self.frozen_values(self.exclusive_values)
         self.discard_task()
         self.add_finished_mask(pack_bits(mask))
 

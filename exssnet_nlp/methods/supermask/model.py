@@ -69,7 +69,9 @@ class ExSSNetModel(ContinualModel):
         targets = self.config.resolved_target_modules(self.model_type)
         self.target_module_names = target_linears(self.encoder, targets, self.model_type)
         for name in self.target_module_names:
-            layer = SupermaskLinear(self.encoder.get_submodule(name), self.config.density, self.config.topk_method)
+            values_dtype = getattr(torch, self.config.values_dtype) if self.config.values_dtype else None
+            layer = SupermaskLinear(self.encoder.get_submodule(name), self.config.density, self.config.topk_method,
+                                    values_dtype)
             if self.config.weight_init == "signed_constant":
                 with torch.no_grad():
                     std = layer.weight.float().std()
@@ -199,7 +201,7 @@ class ExSSNetModel(ContinualModel):
             if self.config.method != "supsup":
                 # Current values, not the ones at finish time: for ssnet later tasks may have retrained them.
                 positions = layer.owned_mask(index).reshape(-1).nonzero().squeeze(1)
-                tensors[VALUES_PREFIX + name] = layer.weight.detach().reshape(-1)[positions]
+                tensors[VALUES_PREFIX + name] = layer.weight.detach().reshape(-1)[positions].to(layer.values_dtype or layer.weight.dtype)
         for name, norm in self.task_norm_layers().items():
             weight, bias = norm.task_affine(index)
             tensors[f"{NORM_PREFIX}{name}.weight"] = weight.detach()
@@ -248,8 +250,9 @@ class ExSSNetModel(ContinualModel):
             positions = None
             if values is not None:
                 positions = (mask & ~layer.union_mask(index)).reshape(-1).nonzero().squeeze(1)
-                if values.dim() != 1 or values.numel() != positions.numel() or values.dtype != layer.weight.dtype:
-                    raise ValueError(f"{file_name}: values of {name} should be {positions.numel()} {layer.weight.dtype} "
+                dtype = layer.values_dtype or layer.weight.dtype
+                if values.dim() != 1 or values.numel() != positions.numel() or values.dtype != dtype:
+                    raise ValueError(f"{file_name}: values of {name} should be {positions.numel()} {dtype} "
                                      f"entries, got {tuple(values.shape)} {values.dtype}; the checkpoint is corrupt.")
             plan.append((name, layer, stored, packed, positions, values))
         for name, norm in norms.items():
@@ -261,7 +264,7 @@ class ExSSNetModel(ContinualModel):
         with torch.no_grad():
             for name, layer, stored, packed, positions, values in plan:
                 if positions is not None:
-                    layer.weight.view(-1)[positions] = values.to(layer.weight.device)
+                    layer.weight.view(-1)[positions] = values.to(device=layer.weight.device, dtype=layer.weight.dtype)
                 layer.add_finished_mask(packed)
                 if stored.numel() < packed.numel():  # a stream, kept as read: saving again does not re-compress it
                     self._stored_masks[(name, index)] = (MASK_XOR_PREFIX if name in xor else MASK_PREFIX, stored.cpu())

@@ -48,8 +48,8 @@ class JointMaskedWeight(torch.autograd.Function):
 class WSNLinear(SupermaskLinear):
     """A `SupermaskLinear` with a joint phase (`begin_joint_phase`): scores and free weight values train together."""
 
-    def __init__(self, base, density: float, topk_method: str = "auto") -> None:
-        super().__init__(base, density, topk_method)
+    def __init__(self, base, density: float, topk_method: str = "auto", values_dtype: torch.dtype | None = None) -> None:
+        super().__init__(base, density, topk_method, values_dtype)
         self.register_buffer("free_mask", None)
 
     def joint(self) -> bool:
@@ -77,7 +77,7 @@ class WSNLinear(SupermaskLinear):
         with torch.no_grad():
             owned = mask & self.free_mask
             kept = mask[self.free_mask]  # which free values the final mask holds, in the same row-major order
-            self.weight[owned] = self.exclusive_values.detach()[kept].to(self.weight.dtype)
+            self.weight[owned] = self.frozen_values(self.exclusive_values[kept])
         self.discard_task()
         self.add_finished_mask(pack_bits(mask))
 

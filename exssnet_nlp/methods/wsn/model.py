@@ -38,7 +38,7 @@ class WSNModel(ExSSNetModel):
         super()._inject()
         for name, layer in self.supermask_layers().items():
             # WSNLinear takes the SupermaskLinear's tensors as they are (shared storage, signed_constant applied).
-            replace_submodule(self.encoder, name, WSNLinear(layer, layer.density, layer.topk_method))
+            replace_submodule(self.encoder, name, WSNLinear(layer, layer.density, layer.topk_method, layer.values_dtype))
 
     def supermask_layers(self) -> dict[str, WSNLinear]:  # type: ignore[override]
         return super().supermask_layers()  # type: ignore[return-value]
