@@ -1,6 +1,7 @@
 """What keeping exssnet's trained values in float16 or bfloat16 (`values_dtype`) costs in accuracy and saves in bytes.
 
-Post hoc, on the grid's exssnet checkpoints: each is evaluated as run (float32 values; this must reproduce the
+Post hoc, on the grid's exssnet checkpoints that kept exact values (`values_dtype` null; the default before it
+became float16): each is evaluated as run (float32 values; this must reproduce the
 run's last accuracy row), then saved again with `values_dtype` set, which rounds every trained value, and the
 re-loaded copy is evaluated on the same test rows. In a run with `values_dtype` set, each task's values are
 rounded when it finishes, and later tasks train on top of the rounded weights; here later tasks trained on the
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     data = json.loads(output.read_text()) if output.exists() else {"cells": {}}
     for path in sorted(Path(opts.results_dir).glob("exssnet_d*.json")):
         run = json.loads(path.read_text())
-        if path.stem in data["cells"] or run.get("variant") or not (ROOT / run["output_dir"] / "checkpoint").is_dir():
+        exact = (run.get("method_config") or {}).get("values_dtype") is None  # a cell that kept its values exact
+        if path.stem in data["cells"] or run.get("variant") or not exact or not (ROOT / run["output_dir"] / "checkpoint").is_dir():
             continue
         print(f"{path.stem}: measuring", flush=True)
         data["cells"][path.stem] = {"density": run["density"], "seed": run["seed"], "run_commit": run.get("commit"),

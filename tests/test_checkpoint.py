@@ -222,8 +222,9 @@ def test_values_only_at_owned_positions(tmp_path: Path, bert_model: ExSSNetModel
         owned = bert_model.exclusive_mask(task)
         for name, layer in bert_model.supermask_layers().items():
             values = tensors["values." + name]
-            assert values.dtype == layer.weight.dtype
-            assert torch.equal(values, layer.weight.detach().flatten()[owned[name].flatten()])
+            live = layer.weight.detach().flatten()[owned[name].flatten()]
+            # Stored in values_dtype (float16 by default); the live weights hold exactly those numbers.
+            assert values.dtype == torch.float16 and torch.equal(values.float(), live)
             assert torch.equal(owned[name], layer.owned_mask(index))
 
 
@@ -552,7 +553,7 @@ def test_values_kept_in_a_narrower_dtype_are_served_as_stored(tmp_path: Path, me
     if method != "ssnet":  # ssnet retrains earlier tasks' weights: it forgets by design
         assert torch.equal(all_logits(model, inputs)["alpha"], first["alpha"])
     torch_dtype = getattr(torch, dtype)
-    for index, task in enumerate(model.tasks):
+    for task in model.tasks:
         state = model.task_state(task)
         owned = model.exclusive_mask(task)
         for name, layer in model.supermask_layers().items():
@@ -568,8 +569,18 @@ def test_values_kept_in_a_narrower_dtype_are_served_as_stored(tmp_path: Path, me
 def test_bad_values_dtype_refused() -> None:
     with pytest.raises(ValueError, match="values_dtype='int8'.*float16, bfloat16"):
         ExSSNetConfig(values_dtype="int8")
-    with pytest.raises(ValueError, match="supsup trains no weight values"):
-        ExSSNetConfig(method="supsup", values_dtype="float16")
+
+
+def test_a_checkpoint_saved_before_values_dtype_keeps_its_exact_values(tmp_path: Path) -> None:
+    """A config saved before `values_dtype` existed held float32 values: it loads as values_dtype None (exact), not
+    as today's default, and serves what it did."""
+    model = make_model("bert", "exssnet", values_dtype=None)
+    assert ExSSNetConfig().values_dtype == "float16"  # the default now
+    out = model.save_pretrained(tmp_path / "ckpt")
+    edit_config(out, lambda data: data["method_config"].pop("values_dtype"))
+    loaded = load_pretrained(out)
+    assert loaded.config.values_dtype is None
+    assert_same_logits(model, loaded, batch(2))
 
 
 def test_a_mask_repeating_the_previous_one_is_stored_as_their_xor(tmp_path: Path) -> None:

@@ -116,8 +116,9 @@ def test_old_task_logits_unchanged(arch):
         assert torch.equal(v, head_a[k])
 
 
-def test_phase_trains_scores_and_values(arch):
-    model = make(arch)
+@pytest.mark.parametrize("values_dtype", [None, "float16"])
+def test_phase_trains_scores_and_values(arch, values_dtype):
+    model = make(arch, values_dtype=values_dtype)
     model.add_task("a", 3)
     model.begin_train_phase()
     layers = model.supermask_layers()
@@ -127,10 +128,17 @@ def test_phase_trains_scores_and_values(arch):
     for name, layer in layers.items():
         assert not torch.equal(layer.scores, scores[name]), name
         assert not torch.equal(layer.exclusive_values, values[name]), name
-    # finish_task keeps exactly what the phase computed: the task's logits do not move.
+    # finish_task keeps what the phase computed: exactly (values_dtype None), or rounded to float16 (the default),
+    # which moves the task's logits by rounding error only.
     before = logits_of(model, "a", BATCHES["a"][0])
     model.finish_task()
-    assert torch.equal(logits_of(model, "a", BATCHES["a"][0]), before)
+    if values_dtype is None:
+        assert torch.equal(logits_of(model, "a", BATCHES["a"][0]), before)
+    else:
+        torch.testing.assert_close(logits_of(model, "a", BATCHES["a"][0]), before, atol=1e-2, rtol=0)
+        for name, owned in model.exclusive_mask("a").items():
+            trained = layers[name].weight[owned]
+            assert torch.equal(trained.half().float(), trained), name  # the values it keeps are float16 numbers
 
 
 def test_trained_positions_are_owned_and_the_rest_pretrained(arch):
@@ -211,11 +219,11 @@ def test_task_storage_is_mask_values_and_head():
         mask_bytes = storage.get("mask", 0) + storage.get("maskxor", 0)
         assert mask_bytes == sum(stored) < sum((layer.weight.numel() + 7) // 8 for layer in layers.values())
         owned = sum(int(m.sum()) for m in model.exclusive_mask(task).values())
-        assert storage["values"] == owned * 4  # float32
+        assert storage["values"] == owned * 2  # float16, the default values_dtype
         assert storage["head"] == sum(t.numel() * t.element_size() for t in model.heads[str(index)].state_dict().values())
         assert storage["total"] == storage["head"] + mask_bytes + storage["values"]
     # Task a owns its whole mask; b owns only what a's mask does not hold.
-    assert model.task_storage_bytes("a")["values"] == 4 * sum(layer.k for layer in layers.values())
+    assert model.task_storage_bytes("a")["values"] == 2 * sum(layer.k for layer in layers.values())
     assert model.task_storage_bytes("b")["values"] < model.task_storage_bytes("a")["values"]
 
 

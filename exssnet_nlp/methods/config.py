@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 POOLINGS = ("cls", "mean")
 HEAD_ACTIVATIONS = ("tanh", "gelu", "relu")
@@ -31,6 +31,10 @@ DEFAULT_HEAD_ACTIVATION: dict[str, str] = {
 class MethodConfig:
     """Settings every method has: how its per-task heads read the encoder."""
 
+    # Fields added after checkpoints were first written, with what a saved config that lacks them meant; a
+    # changed default must not change a saved model or a resumed run (the loader fills these in first).
+    predating: ClassVar[dict[str, Any]] = {}
+
     pooling: str = field(default="cls", metadata={"help": "How heads pool the last hidden state: cls (first token) | mean."})
     head_activation: str | None = field(default=None, metadata={
         "help": "Activation inside each task head: tanh | gelu | relu; default: that of the encoder's own classification head."})
@@ -57,6 +61,11 @@ class MethodConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def saved(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """A config dict as saved by any version: the fields it predates take the value they had then."""
+        return {**cls.predating, **data}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MethodConfig:

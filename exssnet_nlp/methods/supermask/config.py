@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ...targets import TARGET_MODULES_HELP, normalise_target_modules, resolve_target_modules
 from ..config import MethodConfig, check_choice
@@ -23,6 +23,7 @@ class ExSSNetConfig(MethodConfig):
     """
 
     allowed_methods: ClassVar[tuple[str, ...]] = METHODS  # the `method` values this config accepts; a subclass sets its own
+    predating: ClassVar[dict[str, Any]] = {"values_dtype": None}  # before it, values were kept exact
 
     density: float = field(default=0.1, metadata={
         "help": "Fraction of each targeted layer's weights that a task's mask keeps (0 < density <= 1); a mask holds "
@@ -42,10 +43,11 @@ class ExSSNetConfig(MethodConfig):
         "help": "Give every task its own copy of each LayerNorm affine, trained with its mask (MiniLM: 39,936 bytes per task)."})
     weight_init: str = field(default="pretrained", metadata={
         "help": "pretrained (keep the encoder's weights) | signed_constant (sign(w) * std(w) per masked layer, as SupSup)."})
-    values_dtype: str | None = field(default=None, metadata={
-        "help": "Dtype a task's trained weight values are kept and stored in: null (the encoder's, exact) | float16 | "
-                "bfloat16. They are rounded when the task finishes, before it is evaluated, so what is measured is what "
-                "is served; halves the values' bytes per task (not for supsup, which trains no weights)."})
+    values_dtype: str | None = field(default="float16", metadata={
+        "help": "Dtype a task's trained weight values are kept and stored in: float16 | bfloat16 | null (the encoder's, "
+                "exact). They are rounded when the task finishes, before it is evaluated, so what is measured is what is "
+                "served. float16 halves the values' bytes and changed no test prediction on the grid's exssnet "
+                "checkpoints (benchmarks/README.md); supsup trains no weights, so it has no effect there."})
     topk_method: str = field(default="auto", metadata={
         "help": "Top-k selection every mask-phase step: auto (time each exact method once per shape and device) | "
                 "topk | kthvalue | sort."})
@@ -65,9 +67,6 @@ class ExSSNetConfig(MethodConfig):
         check_choice(type(self).__name__, "topk_method", self.topk_method, TOPK_METHODS)
         if self.values_dtype is not None:
             check_choice(type(self).__name__, "values_dtype", self.values_dtype, VALUES_DTYPES)
-            if self.method == "supsup":
-                raise ValueError(f"{type(self).__name__}.values_dtype={self.values_dtype!r}: supsup trains no weight "
-                                 "values to store; leave values_dtype unset (null), or use exssnet, ssnet or wsn.")
         try:
             scale = float(self.reuse_score_scale)
         except (TypeError, ValueError):
