@@ -266,7 +266,9 @@ class ExSSNetModel(ContinualModel):
                 if positions is not None:
                     layer.weight.view(-1)[positions] = values.to(device=layer.weight.device, dtype=layer.weight.dtype)
                 layer.add_finished_mask(packed)
-                if stored.numel() < packed.numel():  # a stream, kept as read: saving again does not re-compress it
+                # A stream coded as a save would code it is kept as read (saving again does not re-compress it);
+                # a later task's mask stored alone is coded again, since its XOR may be shorter (older files).
+                if stored.numel() < packed.numel() and (index == 0 or name in xor):
                     self._stored_masks[(name, index)] = (MASK_XOR_PREFIX if name in xor else MASK_PREFIX, stored.cpu())
         for name, norm in norms.items():
             norm.add_finished_affine(tensors[f"{NORM_PREFIX}{name}.weight"], tensors[f"{NORM_PREFIX}{name}.bias"])
