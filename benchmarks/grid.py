@@ -280,8 +280,8 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]
     parser.add_argument("--runs-dir", default=None, help="default: runs/grid_<budget>")
     parser.add_argument("--report", action="store_true", help="aggregate the results dir, write frontier.png, exit")
     parser.add_argument("--remeasure-storage", action="store_true",
-                        help="re-read the checkpoints of cells that ran in an older checkpoint format, record their bytes "
-                             "in the current one (storage_current), exit")
+                        help="re-read every cell's checkpoint, record its bytes as this code stores them "
+                             "(storage_current), exit")
     opts, extra = parser.parse_known_args(argv)
     opts.results_dir = Path(opts.results_dir or f"benchmarks/results/grid_{opts.budget}")
     opts.runs_dir = opts.runs_dir or f"runs/grid_{opts.budget}"

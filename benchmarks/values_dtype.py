@@ -36,8 +36,6 @@ def bytes_per_task(model: Any) -> int:
 
 
 def measure_cell(run: dict[str, Any], config: str, work: Path) -> dict[str, Any]:
-    import torch
-
     from exssnet_nlp import load_pretrained
     from exssnet_nlp.checkpoint import read_checkpoint_config, save_model
     from exssnet_nlp.training.evaluation import evaluate_checkpoint
@@ -50,9 +48,7 @@ def measure_cell(run: dict[str, Any], config: str, work: Path) -> dict[str, Any]
     out["float32_bytes_per_task"] = bytes_per_task(load_pretrained(str(checkpoint)))
     for dtype in DTYPES:
         model = load_pretrained(str(checkpoint))
-        model.config.values_dtype = dtype
-        for layer in model.supermask_layers().values():
-            layer.values_dtype = getattr(torch, dtype)
+        model.keep_values_in(dtype)
         # With the run's trainer state: evaluation then takes the run's max_length, seed and sample caps.
         copy = save_model(model, work / f"{Path(run['output_dir']).parent.name}_{dtype}",
                           trainer_state=read_checkpoint_config(str(checkpoint))["trainer_state"])

@@ -6,8 +6,8 @@ Layout of a checkpoint directory (format version 3; 2 is read too)::
                              metadata), encoder reference and config, base-weight fingerprint, sha256 and
                              size of every tensor file, the trainer's resume state, extra_state
     task_000.safetensors     one file per finished task: what `model.task_state(task)` returns, i.e. its head
-                             (`head.*`) and the method's own tensors (e.g. `mask.<module>` packed bits, deflated, and
-                             `values.<module>` owned weights for supermask methods, `lora.*` for LoRA)
+                             (`head.*`) and the method's own tensors (e.g. `mask.<module>` or `maskxor.<module>`
+                             deflated mask bits and `values.<module>` owned weights for supermask methods, `lora.*`)
     shared.safetensors       tensors every task shares that training changed (`model.shared_state()`:
                              e.g. `finetune`'s encoder); absent when there are none
     base_model.safetensors   the encoder's weights, only when it can't be re-loaded by name or path
@@ -43,7 +43,7 @@ from .tasks import FINISHED
 
 logger = logging.getLogger(__name__)
 
-# 3: masks may be deflate streams (about half the bytes); format 2 is format 3 with every mask raw, so both are read.
+# 3: deflated and XOR-coded masks, values in `values_dtype`; a format-2 file (raw float32) reads as format 3.
 FORMAT_VERSION = 3
 READABLE_FORMATS = (2, 3)
 CONFIG_NAME = "exssnet_config.json"

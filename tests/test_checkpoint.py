@@ -574,6 +574,45 @@ def test_values_kept_in_a_narrower_dtype_are_served_as_stored(tmp_path: Path, me
     assert_same_logits(model, loaded, inputs)
 
 
+def test_values_of_a_task_without_weight_phase_and_converted_models_are_served_as_stored(tmp_path: Path) -> None:
+    """The values a task stores are rounded even when it skipped its weight phase; keep_values_in() converts an
+    exact model; a dtype set by hand, which the live weights do not follow, is refused at save."""
+    model = get_method("exssnet").build(tiny_encoder("bert", 0), {"density": 0.3})
+    model.add_task("a", 2)
+    model.begin_phase("mask")
+    model.finish_task()  # no weight phase: the owned weights are pretrained float32 numbers, rounded at finish
+    assert_same_logits(model, load_pretrained(model.save_pretrained(tmp_path / "a")), batch(6))
+    exact = make_model("bert", "exssnet", values_dtype=None)
+    converted = make_model("bert", "exssnet", values_dtype=None)
+    converted.keep_values_in("bfloat16")
+    assert converted.config.values_dtype == "bfloat16"
+    loaded = load_pretrained(converted.save_pretrained(tmp_path / "b"))
+    assert loaded.config.values_dtype == "bfloat16"
+    assert_same_logits(converted, loaded, batch(6))
+    torch.testing.assert_close(all_logits(converted, batch(6))["beta"], all_logits(exact, batch(6))["beta"], atol=5e-2, rtol=0)
+    with pytest.raises(ValueError, match="not valid; allowed values: float16, bfloat16, or null"):
+        exact.keep_values_in("float32")
+    for layer in exact.supermask_layers().values():
+        layer.values_dtype = torch.float16  # by hand: the live weights were not rounded
+    with pytest.raises(ValueError, match="are not torch.float16 numbers.*keep_values_in"):
+        exact.save_pretrained(tmp_path / "c")
+
+
+def test_a_run_started_before_values_dtype_resumes_with_exact_values() -> None:
+    """Resume keeps a setting the saved run predates at what it meant then, unless the command sets it otherwise."""
+    from exssnet_nlp.training.arguments import ContinualTrainingArguments, resume_differences
+    from exssnet_nlp.training.resume import _keep_predating_settings
+
+    now = ContinualTrainingArguments.from_dict({"output_dir": "unused", "method": "exssnet"})
+    saved = now.to_dict()
+    saved["method_config"] = {k: v for k, v in saved["method_config"].items() if k != "values_dtype"}
+    _keep_predating_settings(saved, now)
+    assert now.method_config.values_dtype is None and resume_differences(saved, now.to_dict()) == []
+    explicit = ContinualTrainingArguments.from_dict({"output_dir": "unused", "method": "exssnet", "values_dtype": "bfloat16"})
+    _keep_predating_settings(saved, explicit)
+    assert resume_differences(saved, explicit.to_dict()) == ["method_config.values_dtype: None -> 'bfloat16'"]
+
+
 def test_bad_values_dtype_refused() -> None:
     with pytest.raises(ValueError, match="values_dtype='int8'.*float16, bfloat16"):
         ExSSNetConfig(values_dtype="int8")

@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import fields
 from typing import Any
 
 from ..checkpoint import recover_checkpoint
 from ..methods import load_pretrained
+from ..methods.config import MethodConfig
 from .arguments import resume_differences
 
 logger = logging.getLogger("exssnet_nlp")
 CHECKPOINT_DIR = "checkpoint"
+
+
+def _keep_predating_settings(saved_args: dict[str, Any], args: Any) -> None:
+    """A run saved before a method-config field existed continues with what the field meant then (`predating`),
+    unless the command now sets it away from today's default: then it is a difference, and resume refuses it."""
+    config, saved_config = args.method_config, saved_args.get("method_config")
+    if not isinstance(config, MethodConfig) or not isinstance(saved_config, dict):
+        return
+    defaults = {f.name: f.default for f in fields(config)}
+    saved_args["method_config"] = saved_config = dict(saved_config)
+    for key, then in type(config).predating.items():
+        if key not in saved_config and getattr(config, key) == defaults.get(key):
+            setattr(config, key, then)  # the run's results then record the setting it ran with
+            saved_config[key] = then
 
 
 def resume(trainer: Any) -> None:
@@ -28,7 +44,9 @@ def resume(trainer: Any) -> None:
     if not saved:
         return
     state = saved["state"]
-    differences = resume_differences(saved.get("args") or {}, trainer.args.to_dict())
+    saved_args = dict(saved.get("args") or {})
+    _keep_predating_settings(saved_args, trainer.args)
+    differences = resume_differences(saved_args, trainer.args.to_dict())
     if state["tasks"] != trainer.task_names:
         differences.insert(0, f"tasks: {state['tasks']} -> {trainer.task_names}")
     else:

@@ -65,8 +65,9 @@ class ExSSNetConfig(MethodConfig):
         check_choice(type(self).__name__, "score_init", self.score_init, SCORE_INITS)
         check_choice(type(self).__name__, "weight_init", self.weight_init, WEIGHT_INITS)
         check_choice(type(self).__name__, "topk_method", self.topk_method, TOPK_METHODS)
-        if self.values_dtype is not None:
-            check_choice(type(self).__name__, "values_dtype", self.values_dtype, VALUES_DTYPES)
+        if self.values_dtype is not None and self.values_dtype not in VALUES_DTYPES:
+            raise ValueError(f"{type(self).__name__}.values_dtype={self.values_dtype!r} is not valid; allowed values: "
+                             f"{', '.join(VALUES_DTYPES)}, or null (none) to keep values exact in the encoder's dtype.")
         try:
             scale = float(self.reuse_score_scale)
         except (TypeError, ValueError):

@@ -29,7 +29,7 @@ MASK_PREFIX, VALUES_PREFIX, NORM_PREFIX = "mask.", "values.", "norm."
 # A later task's mask mostly repeats the previous task's (every task's scores start from the weights'
 # magnitudes): `maskxor.<module>`, its bits XOR the previous task's deflated, measured 37-47% of `mask.<module>`,
 # the bits alone deflated (MiniLM, density 0.1). Each layer stores the shorter; tasks are installed in order,
-# so the reader has the previous mask.
+# so the reader has the previous mask (so one task's `task_state` installs only after the task it followed).
 MASK_XOR_PREFIX = "maskxor."
 
 MASK = Phase(MASK_PHASE, ("mask_learning_rate",), "mask_epochs", "the task's scores (its mask), its head and its norms",
@@ -140,6 +140,32 @@ class ExSSNetModel(ContinualModel):
     def _finish_task(self, index: int) -> None:
         for layer in self._layer_list():
             layer.finish_task()
+        if self.config.method != "supsup":  # a task finished without a weight phase stores its values too
+            self._round_owned_values(index)
+
+    def _round_owned_values(self, index: int) -> None:
+        """Round the values task `index` stores (the weights it owns) through each layer's `values_dtype`."""
+        with torch.no_grad():
+            for layer in self.supermask_layers().values():
+                if layer.values_dtype is not None:
+                    positions = layer.owned_mask(index).reshape(-1).nonzero().squeeze(1)
+                    flat = layer.weight.view(-1)
+                    flat[positions] = layer.frozen_values(flat[positions])
+
+    def keep_values_in(self, dtype: str | None) -> None:
+        """Keep and store every task's trained values in `dtype` (float16 | bfloat16 | None: exact) from now on.
+
+        The values of finished tasks are rounded now, as `values_dtype` rounds a task's when it finishes; use it
+        to shrink a checkpoint trained with exact values (and measure the effect: benchmarks/values_dtype.py).
+        """
+        if self.learning_task is not None:
+            raise ValueError(f"task {self.learning_task!r} is being learned; finish or discard it before keep_values_in().")
+        self.config = replace(self.config, values_dtype=dtype)  # validates dtype
+        for layer in self.supermask_layers().values():
+            layer.values_dtype = getattr(torch, dtype) if dtype else None
+        if self.config.method != "supsup":
+            for index in range(len(self.finished_tasks)):
+                self._round_owned_values(index)
 
     def _discard_task(self, index: int) -> None:
         for layer in self._layer_list():
@@ -201,7 +227,12 @@ class ExSSNetModel(ContinualModel):
             if self.config.method != "supsup":
                 # Current values, not the ones at finish time: for ssnet later tasks may have retrained them.
                 positions = layer.owned_mask(index).reshape(-1).nonzero().squeeze(1)
-                tensors[VALUES_PREFIX + name] = layer.weight.detach().reshape(-1)[positions].to(layer.values_dtype or layer.weight.dtype)
+                live = layer.weight.detach().reshape(-1)[positions]
+                stored = live.to(layer.values_dtype or layer.weight.dtype)
+                if not torch.equal(stored.to(live.dtype), live):  # the checkpoint must serve what the live model does
+                    raise ValueError(f"values of {name} (task {index}) are not {stored.dtype} numbers, so a checkpoint "
+                                     "could not reproduce them; set values_dtype with model.keep_values_in(), not by hand.")
+                tensors[VALUES_PREFIX + name] = stored
         for name, norm in self.task_norm_layers().items():
             weight, bias = norm.task_affine(index)
             tensors[f"{NORM_PREFIX}{name}.weight"] = weight.detach()
@@ -216,7 +247,7 @@ class ExSSNetModel(ContinualModel):
             delta = deflate_packed(layer.packed_mask(index), layer.packed_mask(index - 1)) if index > 0 else alone
             self._stored_masks[key] = (MASK_XOR_PREFIX, delta) if delta.numel() < alone.numel() else (MASK_PREFIX, alone)
         prefix, data = self._stored_masks[key]
-        return prefix + name, data
+        return prefix + name, data.clone()  # a copy: a caller editing task_state() must not change later saves
 
     def _install_task_tensors(self, index: int, tensors: dict[str, torch.Tensor], file_name: str) -> None:
         """Register the saved masks, write the owned values into place, keep the norms: no replay of training."""
@@ -229,8 +260,10 @@ class ExSSNetModel(ContinualModel):
             expected |= {VALUES_PREFIX + n for n in layers}
         if set(tensors) != expected:
             missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+            hint = (" `maskxor.` masks are coded against the previous task's: a first task never has them; install the "
+                    "tasks in the order they were saved." if index == 0 and any(k.startswith(MASK_XOR_PREFIX) for k in tensors) else "")
             raise ValueError(f"{file_name}: tensors do not match the model (missing {missing[:4]}, unexpected {extra[:4]}); "
-                             "the checkpoint is corrupt, or was saved with other target_modules, task_norms or encoder.")
+                             f"the checkpoint is corrupt, or was saved with other target_modules, task_norms or encoder.{hint}")
         # Everything is checked before anything changes: a bad file leaves the model as it was.
         plan = []
         for name, layer in layers.items():
@@ -244,8 +277,10 @@ class ExSSNetModel(ContinualModel):
             mask = unpack_bits(packed, layer.weight.shape).to(layer.weight.device)
             kept = int(mask.sum())
             if kept != layer.k:  # every mask keeps exactly k = round(density * numel) weights
+                hint = (" It is stored as XOR the previous task's mask: install the tasks in the order they were saved."
+                        if name in xor else "")
                 raise ValueError(f"{file_name}: mask of {name} keeps {kept} weights; density {self.config.density} keeps "
-                                 f"exactly {layer.k}. The checkpoint is corrupt.")
+                                 f"exactly {layer.k}. The checkpoint is corrupt.{hint}")
             values = tensors.get(VALUES_PREFIX + name)
             positions = None
             if values is not None:
@@ -266,10 +301,10 @@ class ExSSNetModel(ContinualModel):
                 if positions is not None:
                     layer.weight.view(-1)[positions] = values.to(device=layer.weight.device, dtype=layer.weight.dtype)
                 layer.add_finished_mask(packed)
-                # A stream coded as a save would code it is kept as read (saving again does not re-compress it);
-                # a later task's mask stored alone is coded again, since its XOR may be shorter (older files).
+                # Kept as read, so that saving again does not re-compress: a stream of the first task, or an XOR
+                # stream. A later task's mask stored alone is coded again on save (its XOR may be shorter).
                 if stored.numel() < packed.numel() and (index == 0 or name in xor):
-                    self._stored_masks[(name, index)] = (MASK_XOR_PREFIX if name in xor else MASK_PREFIX, stored.cpu())
+                    self._stored_masks[(name, index)] = (MASK_XOR_PREFIX if name in xor else MASK_PREFIX, stored.cpu().clone())
         for name, norm in norms.items():
             norm.add_finished_affine(tensors[f"{NORM_PREFIX}{name}.weight"], tensors[f"{NORM_PREFIX}{name}.bias"])
 

@@ -48,7 +48,7 @@ class JointMaskedWeight(torch.autograd.Function):
 class WSNLinear(SupermaskLinear):
     """A `SupermaskLinear` with a joint phase (`begin_joint_phase`): scores and free weight values train together."""
 
-    def __init__(self, base, density: float, topk_method: str = "auto", values_dtype: torch.dtype | None = None) -> None:
+    def __init__(self, base: torch.nn.Linear, density: float, topk_method: str = "auto", values_dtype: torch.dtype | None = None) -> None:
         super().__init__(base, density, topk_method, values_dtype)
         self.register_buffer("free_mask", None)
 

@@ -4,8 +4,8 @@ Learn a task with `add_task` -> `begin_phase("train")` -> `finish_task`. The one
 top-k mask (scores, straight-through, as `exssnet`'s mask phase) and, together with it, the weights no
 earlier task's mask holds; weights earlier tasks use get no update (zero forgetting). `finish_task` keeps
 the mask (packed bits) and the trained values at the positions the task owns (its mask minus the union of
-earlier masks); everything else returns to its pretrained value. Checkpoints (`mask.*`, `values.*`,
-`head.*`), KKT (between `add_task` and the phase), capacity and export are `exssnet`'s.
+earlier masks); everything else returns to its pretrained value. Checkpoints (`mask.*` or `maskxor.*`,
+`values.*` in `values_dtype`, `head.*`), KKT (between `add_task` and the phase), capacity and export are `exssnet`'s.
 """
 
 from __future__ import annotations
