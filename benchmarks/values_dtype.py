@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"{path.stem}: measuring", flush=True)
         data["cells"][path.stem] = {"density": run["density"], "seed": run["seed"], "run_commit": run.get("commit"),
+                                    "measured_commit": grid._commit(),
                                     **measure_cell(run, opts.config, Path(opts.work_dir))}
         data.update(machine=accuracy.machine_info(), commit=grid._commit())
         accuracy.write_json(output, data)  # after every cell: an interrupted measurement keeps what it has
