@@ -45,9 +45,9 @@ def measure_cell(run: dict[str, Any], config: str, work: Path) -> dict[str, Any]
     out: dict[str, Any] = {"as_run": dict(zip(tasks, run["accuracy_matrix"][-1], strict=True))}
     start = time.perf_counter()
     out["float32"] = evaluate_checkpoint(str(checkpoint), config)
-    out["float32_bytes_per_task"] = bytes_per_task(load_pretrained(str(checkpoint)))
     for dtype in DTYPES:
-        model = load_pretrained(str(checkpoint))
+        model = load_pretrained(str(checkpoint))  # fresh each time: rounding is in place
+        out.setdefault("float32_bytes_per_task", bytes_per_task(model))
         model.keep_values_in(dtype)
         # With the run's trainer state: evaluation then takes the run's max_length, seed and sample caps.
         copy = save_model(model, work / f"{Path(run['output_dir']).parent.name}_{dtype}",

@@ -27,7 +27,7 @@ from .layer import MASK_PHASE, SHARED_VIEW, WEIGHT_PHASE, SupermaskLinear, TaskL
 
 MASK_PREFIX, VALUES_PREFIX, NORM_PREFIX = "mask.", "values.", "norm."
 # A later task's mask mostly repeats the previous task's (every task's scores start from the weights'
-# magnitudes): `maskxor.<module>`, its bits XOR the previous task's deflated, measured 37-47% of `mask.<module>`,
+# magnitudes): `maskxor.<module>`, its bits XOR the previous task's deflated, measured 37-48% of `mask.<module>`,
 # the bits alone deflated (MiniLM, density 0.1). Each layer stores the shorter; tasks are installed in order,
 # so the reader has the previous mask (so one task's `task_state` installs only after the task it followed).
 MASK_XOR_PREFIX = "maskxor."
