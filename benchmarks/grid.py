@@ -105,9 +105,41 @@ def run_cell(opts: argparse.Namespace, extra: list[str], method: str, density: f
 
 
 # --- the report --------------------------------------------------------------------------------
+VALUE_METHODS = ("exssnet", "ssnet", "wsn")  # the methods that store trained weight values (`values_dtype`)
+
+
+def row_label(run: dict[str, Any]) -> str | None:
+    """What sets a cell apart from the method's defaults: its variant, exact values (a values-storing method run
+    before the float16 default, or with `values_dtype: null`), or a post hoc re-evaluation."""
+    labels = [run.get("variant"), run.get("post_hoc")]
+    if run["method"].split("+")[0] in VALUE_METHODS and (run.get("method_config") or {}).get("values_dtype") is None \
+            and not run.get("post_hoc"):
+        labels.append("exact values")
+    return ", ".join(label for label in labels if label) or None
+
+
 def row_key(run: dict[str, Any]) -> str:
-    key = accuracy.run_key(run["method"], run["density"])
-    return key + (f" [{run['variant']}]" if run.get("variant") else "")
+    label = row_label(run)
+    return accuracy.run_key(run["method"], run["density"]) + (f" [{label}]" if label else "")
+
+
+def post_hoc_runs(results_dir: Path, runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cells of exact values re-evaluated with their values rounded to float16 (`benchmarks/values_dtype.py`,
+    `results/values_dtype_<budget>.json`): the final accuracy row and bytes as float16 values give them. Only the
+    final row was re-measured, so BWT, forgetting and FWT are unknown (None)."""
+    path = results_dir.parent / f"values_dtype_{results_dir.name.removeprefix('grid_')}.json"
+    if not path.exists():
+        return []
+    derived = []
+    for stem, cell in sorted(json.loads(path.read_text())["cells"].items()):
+        run = runs.get(stem)
+        if run is None or "float16" not in cell:
+            continue
+        final = [cell["float16"][task] for task in run["tasks"]]
+        derived.append({**run, "post_hoc": "float16 values, post hoc", "average_accuracy": statistics.fmean(final),
+                        "bwt": None, "forgetting": None, "fwt": None,
+                        "storage_current": {"stored_bytes": cell["float16_bytes_per_task"] * len(final), "per_task": None}})
+    return derived
 
 
 def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
@@ -168,7 +200,8 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         first = group[0]
         n_tasks = len(first["tasks"])
         row: dict[str, Any] = {"key": key, "method": first["method"], "density": first["density"],
-                               "variant": first.get("variant"), "seeds": sorted(r["seed"] for r in group)}
+                               "variant": first.get("variant"), "label": row_label(first),
+                               "seeds": sorted(r["seed"] for r in group)}
         for metric in ("average_accuracy", "bwt", "forgetting", "fwt"):
             row[metric], row[metric + "_std"] = _mean_std([r[metric] for r in group])
         row["bytes_per_task"], row["bytes_per_task_std"] = _mean_std([serving_bytes(r) / n_tasks for r in group])
@@ -178,7 +211,7 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["restarts"] = sum(len(events) for r in group for events in (r.get("restarts") or {}).values())
         rows.append(row)
     rows.sort(key=lambda r: (order.index(r["method"]) if r["method"] in order else len(order),
-                             r["density"] or 0.0, r["variant"] or ""))
+                             r["density"] or 0.0, r["label"] or ""))
     return rows
 
 
@@ -190,7 +223,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
     for r in rows:
         density = "-" if r["density"] is None else f"{r['density']:g}"
-        name = r["method"] + (f" [{r['variant']}]" if r["variant"] else "")
+        name = r["method"] + (f" [{r['label']}]" if r.get("label") else "")
         lines.append(
             f"| {name} | {density} | {len(r['seeds'])} | {pct(r['average_accuracy'])} +- {pct(r['average_accuracy_std'])} "
             f"| {pct(r['bwt'])} | {pct(r['forgetting'])} | {pct(r['fwt'])} | {r['bytes_per_task'] / 1e6:.3f} "
@@ -215,12 +248,24 @@ def frontier(panels: list[tuple[list[dict[str, Any]], str]], path: Path) -> None
 
 
 def _frontier_panel(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
+    # One colour per method, density and variant; a post hoc re-evaluation (open marker) shares its trained row's
+    # colour, with an arrow from that row, and only trained rows are labelled on the plot (the legend names all).
+    colours: dict[str, str] = {}
+    trained: dict[str, tuple[float, float]] = {}
     for r in rows:
-        label = r["key"] + f" (n={len(r['seeds'])})"
-        ax.errorbar(r["bytes_per_task"], 100 * r["average_accuracy"], yerr=100 * r["average_accuracy_std"],
-                    fmt="o", capsize=3, label=label)
-        ax.annotate(r["key"], (r["bytes_per_task"], 100 * r["average_accuracy"]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+        base = accuracy.run_key(r["method"], r["density"]) + (f" [{r['variant']}]" if r.get("variant") else "")
+        colour = colours.setdefault(base, f"C{len(colours) % 10}")
+        point = (r["bytes_per_task"], 100 * r["average_accuracy"])
+        hollow = "post hoc" in (r.get("label") or "")
+        ax.errorbar(*point, yerr=100 * r["average_accuracy_std"], fmt="o", capsize=3, color=colour,
+                    mfc="none" if hollow else colour, label=r["key"] + f" (n={len(r['seeds'])})")
+        if hollow:
+            if base in trained:
+                ax.annotate("", xy=point, xytext=trained[base],
+                            arrowprops={"arrowstyle": "->", "color": colour, "linestyle": ":"})
+        else:
+            trained[base] = point
+            ax.annotate(base, point, fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("stored bytes per task (log scale; the shared pretrained encoder and task-inference routers not counted)")
     ax.set_ylabel("average accuracy after the last task, % (mean +- std over seeds)")
@@ -230,10 +275,10 @@ def _frontier_panel(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
 
 
 def report(results_dir: Path, plot: Path | None) -> str:
-    runs = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json")) if p.name != "summary.json"]
-    if not runs:
+    cells = {p.stem: json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json")) if p.name != "summary.json"}
+    if not cells:
         return f"no results in {results_dir}"
-    rows = aggregate(runs)
+    rows = aggregate(list(cells.values()) + post_hoc_runs(results_dir, cells))
     machines = sorted({m for r in rows for m in r["machines"]})
     accuracy.write_json(results_dir / "summary.json", {"rows": rows, "machines": machines})
     if plot is not None:

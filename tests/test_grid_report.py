@@ -19,7 +19,8 @@ def run(method, density, seed, acc, bwt=0.0, stored=5_000_000):
     return {"method": method, "density": density, "seed": seed, "variant": None, "tasks": tasks, "average_accuracy": acc,
             "bwt": bwt, "forgetting": None if bwt is None else 0.0, "fwt": None if bwt is None else 0.01,
             "stored_bytes": stored, "wall_seconds": 10.0, "machine": {"device": "CPU: test"},
-            "storage_per_task": {t: {"head": 10, "router": 1000, "total": 1010} for t in tasks}}
+            "storage_per_task": {t: {"head": 10, "router": 1000, "total": 1010} for t in tasks},
+            "method_config": {"values_dtype": "float16"} if density is not None else {}}
 
 
 def test_report_aggregates_seeds_and_draws_the_frontier(grid, tmp_path):
@@ -42,6 +43,30 @@ def test_report_aggregates_seeds_and_draws_the_frontier(grid, tmp_path):
     assert "| multitask | - | 1 | 80.00 +- 0.00 | - | - | - |" in text
     assert (tmp_path / "frontier_cpu.png").stat().st_size > 10_000
     assert grid.frontier_all(tmp_path) == tmp_path / "frontier.png" and (tmp_path / "frontier.png").exists()
+
+
+def test_exact_value_cells_get_their_own_row_and_a_post_hoc_float16_row(grid, tmp_path):
+    """Cells that kept exact values are not merged with the float16 default; values_dtype.py's re-evaluation of them
+    becomes a `[float16 values, post hoc]` row with its accuracy and bytes, and no BWT (only the last row was measured)."""
+    results = tmp_path / "grid_cpu"
+    results.mkdir()
+    exact = [{**run("exssnet", 0.1, seed, acc), "method_config": {"values_dtype": None}}
+             for seed, acc in ((42, 0.60), (43, 0.70))]
+    cells = {"exssnet_d0.1_s42": exact[0], "exssnet_d0.1_s43": exact[1], "exssnet_d0.1_s44": run("exssnet", 0.1, 44, 0.5),
+             "supsup_d0.1_s42": {**run("supsup", 0.1, 42, 0.55), "method_config": {}}}
+    for stem, r in cells.items():
+        (results / f"{stem}.json").write_text(json.dumps(r))
+    measured = {stem: {"float16": {"a": acc, "b": acc + 0.02}, "float16_bytes_per_task": 1_000}
+                for stem, acc in (("exssnet_d0.1_s42", 0.6), ("exssnet_d0.1_s43", 0.68))}
+    (tmp_path / "values_dtype_cpu.json").write_text(json.dumps({"cells": {**measured, "gone_s1": measured["exssnet_d0.1_s42"]}}))
+    text = grid.report(results, tmp_path / "frontier_cpu.png")
+    rows = {r["key"]: r for r in json.loads((results / "summary.json").read_text())["rows"]}
+    assert set(rows) == {"exssnet@0.1", "exssnet@0.1 [exact values]", "exssnet@0.1 [float16 values, post hoc]", "supsup@0.1"}
+    assert rows["exssnet@0.1"]["seeds"] == [44] and rows["exssnet@0.1 [exact values]"]["seeds"] == [42, 43]
+    post = rows["exssnet@0.1 [float16 values, post hoc]"]
+    assert post["average_accuracy"] == pytest.approx(0.65) and post["bytes_per_task"] == 1_000 and post["bwt"] is None
+    assert "| exssnet [float16 values, post hoc] | 0.1 | 2 | 65.00 +- 5.66 | - | - | - | 0.001 |" in text
+    assert "| exssnet [exact values] | 0.1 | 2 | 65.00 +- 7.07 | 0.00 |" in text
 
 
 def test_remeasure_storage_reads_old_checkpoints_in_the_current_format(grid, tmp_path):
