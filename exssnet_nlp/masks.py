@@ -120,6 +120,11 @@ class MaskedWeight(torch.autograd.Function):
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
+def packed_size(numel: int) -> int:
+    """Bytes `pack_bits` takes for a mask of `numel` entries."""
+    return (numel + 7) // 8
+
+
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
     """Pack a bool tensor into uint8, 8 entries per byte (row-major, most significant bit first)."""
     flat = mask.detach().flatten().to(torch.uint8)
@@ -135,10 +140,10 @@ def unpack_bits(packed: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> to
     numel = 1
     for size in shape:
         numel *= int(size)
-    if packed.dtype != torch.uint8 or packed.numel() != (numel + 7) // 8:
+    if packed.dtype != torch.uint8 or packed.numel() != packed_size(numel):
         raise ValueError(
             f"packed mask has {packed.numel()} {packed.dtype} entries; a mask of shape {tuple(shape)} needs "
-            f"{(numel + 7) // 8} uint8 bytes. The checkpoint or buffer is corrupt or belongs to another model."
+            f"{packed_size(numel)} uint8 bytes. The checkpoint or buffer is corrupt or belongs to another model."
         )
     weights = _BIT_WEIGHTS.to(packed.device)
     bits = (packed.unsqueeze(-1) & weights) != 0

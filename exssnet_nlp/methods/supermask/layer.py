@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...masks import MaskedWeight, num_kept, pack_bits, topk_mask, unpack_bits
+from ...masks import MaskedWeight, num_kept, pack_bits, packed_size, topk_mask, unpack_bits
 
 MASK_PHASE = "mask"
 WEIGHT_PHASE = "weight"
@@ -83,7 +83,7 @@ class SupermaskLinear(nn.Module):
 
     def add_finished_mask(self, packed: torch.Tensor) -> None:
         """Register a finished task's packed mask (used by `finish_task` and checkpoint loading)."""
-        expected = (self.weight.numel() + 7) // 8
+        expected = packed_size(self.weight.numel())
         if packed.dtype != torch.uint8 or packed.numel() != expected:
             raise ValueError(f"packed mask must be {expected} uint8 bytes for weight {tuple(self.weight.shape)}, "
                              f"got {packed.numel()} {packed.dtype}.")

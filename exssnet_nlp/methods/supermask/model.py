@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 
 from ...export import export_sequence_classifier
 from ...kkt import KKTConfig, KKTResult, run_kkt, vote_topk
-from ...masks import deflate_packed, inflate_packed, topk_mask_rows, unpack_bits
+from ...masks import deflate_packed, inflate_packed, packed_size, topk_mask_rows, unpack_bits
 from ...targets import replace_submodule, target_linears
 from ...tasks import pool, task_seed
 from ..base import ContinualModel, Phase
@@ -268,7 +268,7 @@ class ExSSNetModel(ContinualModel):
         plan = []
         for name, layer in layers.items():
             stored = tensors[(MASK_XOR_PREFIX if name in xor else MASK_PREFIX) + name]
-            need = (layer.weight.numel() + 7) // 8
+            need = packed_size(layer.weight.numel())
             reference = layer.packed_mask(index - 1) if name in xor else None
             try:
                 packed = inflate_packed(stored, need, reference)
