@@ -105,7 +105,7 @@ def run_cell(opts: argparse.Namespace, extra: list[str], method: str, density: f
 
 
 # --- the report --------------------------------------------------------------------------------
-VALUE_METHODS = ("exssnet", "ssnet", "wsn")  # the methods that store trained weight values (`values_dtype`)
+VALUE_METHODS = ("exssnet", "ssnet", "wsn", "lora")  # the methods that store trained per-task values (`values_dtype`)
 
 
 def row_label(run: dict[str, Any]) -> str | None:

@@ -1,13 +1,14 @@
-"""What keeping exssnet's trained values in float16 or bfloat16 (`values_dtype`) costs in accuracy and saves in bytes.
+"""What keeping trained values in float16 or bfloat16 (`values_dtype`) costs in accuracy and saves in bytes.
 
-Post hoc, on the grid's exssnet checkpoints that kept exact values (`values_dtype` null; the default before it
-became float16): each is evaluated as run (float32 values; this must reproduce the
+Post hoc, on the grid's checkpoints of the methods that store trained per-task values (exssnet's and wsn's
+weights, lora's adapters) and kept them exact (`values_dtype` null; the default before it became float16):
+each is evaluated as run (float32 values; this must reproduce the
 run's last accuracy row), then saved again with `values_dtype` set, which rounds every trained value, and the
 re-loaded copy is evaluated on the same test rows. In a run with `values_dtype` set, each task's values are
 rounded when it finishes, and later tasks train on top of the rounded weights; here later tasks trained on the
 unrounded ones, so this measures the rounding alone, with no chance for later training to adapt to it.
 
-    python benchmarks/values_dtype.py --threads 1          # every exssnet cell of results/grid_cpu with a checkpoint
+    python benchmarks/values_dtype.py --threads 1          # every such cell of results/grid_cpu with a checkpoint
     python benchmarks/values_dtype.py --report
 """
 
@@ -65,17 +66,18 @@ def average(accuracies: dict[str, float]) -> float:
 def report(data: dict[str, Any]) -> str:
     lines = ["| cell | avg acc % as run | float32 re-evaluated | float16 | bfloat16 | MB per task float32 | float16 | bfloat16 |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    by_density: dict[Any, list[dict[str, Any]]] = {}
+    by_row: dict[str, list[dict[str, Any]]] = {}
     for name, cell in sorted(data["cells"].items()):
-        by_density.setdefault(cell["density"], []).append(cell)
+        # Cells measured before lora was included are all exssnet's.
+        by_row.setdefault(accuracy.run_key(cell.get("method", "exssnet"), cell["density"]), []).append(cell)
         lines.append(f"| {name} | {100 * average(cell['as_run']):.2f} | {100 * average(cell['float32']):.2f} | "
                      f"{100 * average(cell['float16']):.2f} | {100 * average(cell['bfloat16']):.2f} | "
                      f"{cell['float32_bytes_per_task'] / 1e6:.3f} | {cell['float16_bytes_per_task'] / 1e6:.3f} | "
                      f"{cell['bfloat16_bytes_per_task'] / 1e6:.3f} |")
-    for density, cells in sorted(by_density.items()):
+    for key, cells in sorted(by_row.items()):
         for dtype in DTYPES:
             deltas = [100 * (average(c[dtype]) - average(c["float32"])) for c in cells]
-            lines.append(f"\nexssnet@{density:g}, {dtype} - float32 over {len(cells)} seeds: mean {statistics.fmean(deltas):+.3f} "
+            lines.append(f"\n{key}, {dtype} - float32 over {len(cells)} seeds: mean {statistics.fmean(deltas):+.3f} "
                          f"points (per seed {', '.join(f'{d:+.3f}' for d in deltas)})")
     return "\n".join(lines)
 
@@ -98,13 +100,16 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(opts.threads)
     data = json.loads(output.read_text()) if output.exists() else {"cells": {}}
-    for path in sorted(Path(opts.results_dir).glob("exssnet_d*.json")):
+    for path in sorted(Path(opts.results_dir).glob("*.json")):
         run = json.loads(path.read_text())
+        if path.name == "summary.json" or run["method"] not in grid.VALUE_METHODS:
+            continue
         exact = (run.get("method_config") or {}).get("values_dtype") is None  # a cell that kept its values exact
         if path.stem in data["cells"] or run.get("variant") or not exact or not (ROOT / run["output_dir"] / "checkpoint").is_dir():
             continue
         print(f"{path.stem}: measuring", flush=True)
-        data["cells"][path.stem] = {"density": run["density"], "seed": run["seed"], "run_commit": run.get("commit"),
+        data["cells"][path.stem] = {"method": run["method"], "density": run["density"], "seed": run["seed"],
+                                    "run_commit": run.get("commit"),
                                     "measured_commit": grid._commit(),
                                     **measure_cell(run, opts.config, Path(opts.work_dir))}
         data.update(machine=accuracy.machine_info(), commit=grid._commit())

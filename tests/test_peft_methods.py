@@ -48,7 +48,7 @@ def test_lora_isolation_round_trip_export_and_storage(arch, tmp_path):
     # Storage: the adapter (r * (in + out) per targeted linear) plus the head.
     linears = [model.encoder.get_submodule(n).get_base_layer() for n in model.target_module_names]
     assert len(linears) == 8  # the attention preset: q, k, v and the output projection of 2 layers
-    adapter = sum(8 * (m.in_features + m.out_features) * 4 for m in linears)
+    adapter = sum(8 * (m.in_features + m.out_features) * 2 for m in linears)  # float16 (values_dtype's default)
     head = tensor_bytes(dict(model.heads["0"].state_dict()))
     assert model.task_storage_bytes("A") == {"head": head, "lora": adapter, "total": head + adapter}
     assert all(k.startswith(("head.", "lora.")) and "task0" not in k for k in model.task_state("A"))
@@ -93,7 +93,7 @@ def test_lora_trains_only_the_learning_adapter_whatever_forward_runs():
 def test_lora_refuses_bad_config_and_foreign_tensors():
     for bad in ({"r": 0}, {"r": 2.5}, {"r": True}, {"lora_alpha": 0}, {"lora_alpha": "16"}, {"lora_dropout": 1.0},
                 {"lora_dropout": -0.1}, {"adapter_learning_rate": 0}, {"adapter_learning_rate": float("nan")},
-                {"target_modules": 3}, {"target_modules": "("}):
+                {"target_modules": 3}, {"target_modules": "("}, {"values_dtype": "float32"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             LoraMethodConfig(**bad)
     assert LoraMethodConfig(target_modules=None).target_modules == "attention"
@@ -108,6 +108,65 @@ def test_lora_refuses_bad_config_and_foreign_tensors():
     error = refused.value if isinstance(refused.value, ValueError) else refused.value.__context__
     assert isinstance(error, ValueError) and "has shape (8, 32), expected (4, 32)" in str(error)
     assert all(not layer.lora_A for layer in other.lora_layers().values())  # the half-installed adapter is gone
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", None])
+def test_lora_adapters_kept_in_values_dtype_are_served_as_stored(tmp_path, dtype):
+    """values_dtype rounds a task's adapter when it finishes: the live adapter, the checkpoint (in that dtype) and
+    the reloaded model agree exactly; None keeps the adapter exact (float32)."""
+    model = get_method("lora").build(tiny_encoder("bert"), {"values_dtype": dtype})
+    batch = random_batch()
+    learn(model, "A", batch)
+    stored = torch.float32 if dtype is None else getattr(torch, dtype)
+    state = model.task_state("A")
+    lora = {k: v for k, v in state.items() if k.startswith("lora.")}
+    assert lora and all(v.dtype == stored for v in lora.values())
+    for path, module in model._adapter_modules(0).items():
+        for key, live in module.state_dict().items():
+            assert live.dtype == torch.float32 and torch.equal(live, lora[f"lora.{path}.{key}"].float())
+    assert model.task_storage_bytes("A")["lora"] == sum(v.numel() for v in lora.values()) * stored.itemsize
+    loaded = load_pretrained(str(model.save_pretrained(str(tmp_path / "ckpt"))), encoder=tiny_encoder("bert"))
+    assert loaded.config.values_dtype == dtype
+    assert torch.equal(logits(loaded, batch, "A"), logits(model, batch, "A"))
+
+
+def test_lora_values_dtype_conversion_old_checkpoints_and_refusals(tmp_path):
+    """keep_values_in() rounds an exact model's adapters; a checkpoint saved before the field existed loads exact; a
+    dtype set by hand (the live adapter not rounded) is refused at save; a tensor in another dtype is refused at load."""
+    import json
+
+    batch = random_batch()
+    exact = get_method("lora").build(tiny_encoder("bert"), {"values_dtype": None})
+    learn(exact, "A", batch)
+    before = logits(exact, batch, "A")
+    out = tmp_path / "old"
+    exact.save_pretrained(str(out))
+    path = out / "exssnet_config.json"
+    data = json.loads(path.read_text())
+    data["method_config"].pop("values_dtype")  # as saved before the field existed: exact float32 adapters
+    path.write_text(json.dumps(seal_config(data)))
+    old = load_pretrained(str(out), encoder=tiny_encoder("bert"))
+    assert old.config.values_dtype is None and torch.equal(logits(old, batch, "A"), before)
+    assert LoraMethodConfig().values_dtype == "float16"  # the default now
+
+    old.keep_values_in("float16")
+    assert old.config.values_dtype == "float16"
+    assert all(v.dtype == torch.float16 for k, v in old.task_state("A").items() if k.startswith("lora."))
+    torch.testing.assert_close(logits(old, batch, "A"), before, atol=1e-2, rtol=0)
+    converted = load_pretrained(str(old.save_pretrained(str(tmp_path / "converted"))), encoder=tiny_encoder("bert"))
+    assert torch.equal(logits(converted, batch, "A"), logits(old, batch, "A"))
+    with pytest.raises(ValueError, match="not valid; allowed values: float16, bfloat16, or null"):
+        exact.keep_values_in("int8")
+
+    exact.config.values_dtype = "float16"  # by hand: the live adapter was not rounded
+    with pytest.raises(ValueError, match="is not torch.float16 numbers.*keep_values_in"):
+        exact.save_pretrained(str(tmp_path / "refused"))
+    assert not (tmp_path / "refused").exists()
+    data = json.loads(path.read_text())
+    data["method_config"]["values_dtype"] = "bfloat16"  # a config that disagrees with the stored float32 tensors
+    path.write_text(json.dumps(seal_config(data)))
+    with pytest.raises(ValueError, match="is torch.float32, but values_dtype 'bfloat16' stores torch.bfloat16"):
+        load_pretrained(str(out), encoder=tiny_encoder("bert"))
 
 
 # --- osf -------------------------------------------------------------------------------------------

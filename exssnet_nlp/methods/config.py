@@ -15,6 +15,16 @@ def check_choice(owner: str, name: str, value: Any, allowed: tuple[str, ...]) ->
         raise ValueError(f"{owner}.{name}={value!r} is not valid; allowed values: {', '.join(allowed)}.")
 
 
+VALUES_DTYPES = ("float16", "bfloat16")  # what a method may keep a task's trained values in (`values_dtype`)
+
+
+def check_values_dtype(owner: str, value: str | None) -> None:
+    """Refuse a `values_dtype` that is neither one of VALUES_DTYPES nor None (exact)."""
+    if value is not None and value not in VALUES_DTYPES:
+        raise ValueError(f"{owner}.values_dtype={value!r} is not valid; allowed values: {', '.join(VALUES_DTYPES)}, "
+                         "or null (none) to keep values exact in the encoder's dtype.")
+
+
 # The activation of each architecture's own sequence-classification head, so that a
 # CLS-pooled task exports to the encoder's `...ForSequenceClassification` exactly.
 DEFAULT_HEAD_ACTIVATION: dict[str, str] = {

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ...targets import normalise_target_modules, resolve_target_modules
-from ..config import MethodConfig
+from ..config import MethodConfig, check_values_dtype
 
 DEFAULT_LORA_TARGETS = "attention"
 
@@ -23,6 +23,8 @@ def positive_number(owner: str, name: str, value: Any, what: str) -> float:
 class LoraMethodConfig(MethodConfig):
     """Configuration of `lora`: one PEFT LoRA adapter (and one head) per task on the frozen shared encoder."""
 
+    predating: ClassVar[dict[str, Any]] = {"values_dtype": None}  # before it, adapters were kept exact
+
     r: int = field(default=8, metadata={
         "help": "Rank of each task's LoRA update (LoRA's r): every targeted layer gets r * (in + out) adapter weights per task."})
     lora_alpha: float = field(default=16, metadata={
@@ -36,6 +38,11 @@ class LoraMethodConfig(MethodConfig):
     adapter_learning_rate: float = field(default=5e-4, metadata={
         "help": "LR of a task's adapter (and, unless head_learning_rate is set, its head): LoRA wants ~10x a full "
                 "fine-tuning LR (5e-4 for BERT-base)."})
+    values_dtype: str | None = field(default="float16", metadata={
+        "help": "Dtype a task's trained adapter weights are kept and stored in: float16 | bfloat16 | null (the encoder's, "
+                "exact), as exssnet keeps its trained values. They are rounded when the task finishes, before it is "
+                "evaluated, so what is measured is what is served; float16 halves the adapters' bytes (benchmarks/README.md "
+                "measures the accuracy it costs)."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -49,6 +56,7 @@ class LoraMethodConfig(MethodConfig):
         self.lora_dropout = float(dropout)
         self.adapter_learning_rate = positive_number(owner, "adapter_learning_rate", self.adapter_learning_rate,
                                                      "a learning rate, e.g. 5e-4")
+        check_values_dtype(owner, self.values_dtype)
         targets = normalise_target_modules(owner, self.target_modules)
         self.target_modules = DEFAULT_LORA_TARGETS if targets is None else targets
 

@@ -9,8 +9,9 @@ transformers model, its layers now `peft` LoRA layers holding one adapter per ta
 - `finish_task` turns the task's `lora_A` / `lora_B` weights into buffers: no optimizer, however built,
   can reach them, and the base weights were frozen from the start: zero forgetting by construction.
 - A checkpoint holds per task its head and `lora.<module>.lora_A.weight` / `lora.<module>.lora_B.weight`
-  (no adapter name inside), which `install_task` loads into a fresh adapter; the encoder itself is not
-  stored (it never changes).
+  (no adapter name inside) in `values_dtype` (float16 by default: rounded at finish, so the live adapter is
+  exactly what is stored), which `install_task` loads into a fresh adapter in the encoder's dtype; the
+  encoder itself is not stored (it never changes).
 - `export_task` adds the task's B @ A * scaling (PEFT's `get_delta_weight`) to a copy of the base weights
   and writes a stock `...ForSequenceClassification`; the model itself is not changed.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 from peft import LoraConfig, PeftConfig, inject_adapter_in_model
@@ -167,7 +169,29 @@ class LoraContinualModel(ContinualModel):
 
     def _finish_task(self, index: int) -> None:
         for module in self._adapter_modules(index).values():
+            self._round_values(module)
             freeze_to_buffers(module)
+
+    def _values_dtype(self) -> torch.dtype | None:
+        return getattr(torch, self.config.values_dtype) if self.config.values_dtype else None
+
+    def _round_values(self, module: nn.Module) -> None:
+        """Round an adapter's tensors through `values_dtype`, in place and in the encoder's dtype."""
+        dtype = self._values_dtype()
+        if dtype is not None:
+            with torch.no_grad():
+                for tensor in list(module.parameters()) + list(module.buffers()):
+                    tensor.copy_(tensor.to(dtype))
+
+    def keep_values_in(self, dtype: str | None) -> None:
+        """Keep and store every task's adapter in `dtype` (float16 | bfloat16 | None: exact) from now on; the
+        finished tasks' adapters are rounded now (to shrink a checkpoint trained with exact adapters)."""
+        if self.learning_task is not None:
+            raise ValueError(f"task {self.learning_task!r} is being learned; finish or discard it before keep_values_in().")
+        self.config = replace(self.config, values_dtype=dtype)  # validates dtype
+        for index in range(len(self.finished_tasks)):
+            for module in self._adapter_modules(index).values():
+                self._round_values(module)
 
     def _discard_task(self, index: int) -> None:
         self._remove_adapter(index)
@@ -181,8 +205,16 @@ class LoraContinualModel(ContinualModel):
         return plain_encoder_state(self.encoder, self._base_keys)
 
     def _task_tensors(self, index: int) -> dict[str, torch.Tensor]:
-        return {f"{LORA_PREFIX}{path}.{k}": v for path, module in self._adapter_modules(index).items()
-                for k, v in module.state_dict().items()}
+        tensors = {}
+        dtype = self._values_dtype()
+        for path, module in self._adapter_modules(index).items():
+            for key, live in module.state_dict().items():
+                stored = live if dtype is None else live.to(dtype)
+                if not torch.equal(stored.to(live.dtype), live):  # the checkpoint must serve what the live model does
+                    raise ValueError(f"adapter {path}.{key} (task {index}) is not {stored.dtype} numbers, so a checkpoint "
+                                     "could not reproduce it; set values_dtype with model.keep_values_in(), not by hand.")
+                tensors[f"{LORA_PREFIX}{path}.{key}"] = stored
+        return tensors
 
     def _install_task_tensors(self, index: int, tensors: dict[str, torch.Tensor], file_name: str) -> None:
         self._add_adapter(index)
@@ -195,7 +227,16 @@ class LoraContinualModel(ContinualModel):
                                  f"unexpected {extra[:4]}); was it saved with other target_modules?")
             for path, module in modules.items():
                 prefix = f"{LORA_PREFIX}{path}."
-                load_into_buffers(module, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
+                own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+                live_dtype = next(iter(module.state_dict().values())).dtype  # as PEFT built it, as while training
+                stored_dtype = self._values_dtype() or live_dtype
+                for key, value in own.items():
+                    if value.dtype != stored_dtype:
+                        raise ValueError(f"{file_name}: {prefix}{key} is {value.dtype}, but values_dtype "
+                                         f"{self.config.values_dtype!r} stores {stored_dtype}; the checkpoint is corrupt "
+                                         "or its config was edited.")
+                # The stored numbers widened exactly: computed in the dtype training used.
+                load_into_buffers(module, {k: v.to(live_dtype) for k, v in own.items()},
                                   f"{file_name} ({path} of task {self.task_infos[index].name!r})")
         except BaseException:
             self._remove_adapter(index)

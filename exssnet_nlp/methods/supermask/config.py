@@ -6,13 +6,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ...targets import TARGET_MODULES_HELP, normalise_target_modules, resolve_target_modules
-from ..config import MethodConfig, check_choice
+from ..config import MethodConfig, check_choice, check_values_dtype
 
 METHODS = ("exssnet", "ssnet", "supsup")
 SCORE_INITS = ("kaiming_uniform", "magnitude", "uniform")
 WEIGHT_INITS = ("pretrained", "signed_constant")
 TOPK_METHODS = ("auto", "topk", "kthvalue", "sort")
-VALUES_DTYPES = ("float16", "bfloat16")
 
 
 @dataclass
@@ -66,9 +65,7 @@ class ExSSNetConfig(MethodConfig):
         check_choice(type(self).__name__, "score_init", self.score_init, SCORE_INITS)
         check_choice(type(self).__name__, "weight_init", self.weight_init, WEIGHT_INITS)
         check_choice(type(self).__name__, "topk_method", self.topk_method, TOPK_METHODS)
-        if self.values_dtype is not None and self.values_dtype not in VALUES_DTYPES:
-            raise ValueError(f"{type(self).__name__}.values_dtype={self.values_dtype!r} is not valid; allowed values: "
-                             f"{', '.join(VALUES_DTYPES)}, or null (none) to keep values exact in the encoder's dtype.")
+        check_values_dtype(type(self).__name__, self.values_dtype)
         try:
             scale = float(self.reuse_score_scale)
         except (TypeError, ValueError):
