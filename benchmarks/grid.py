@@ -57,6 +57,8 @@ VARIANTS: dict[str, list[str]] = {
     "epochs4": ["--mask_epochs", "4"],
     # SupSup's score optimizer: SGD, momentum 0.9, LR 0.1, cosine (this project's default: AdamW 1e-3, linear).
     "sgd_masks": ["--mask_optimizer", "sgd", "--mask_learning_rate", "0.1", "--mask_lr_scheduler", "cosine"],
+    # Every attention and feed-forward linear (the library's default) instead of the feed-forward ones (the grid's).
+    "allmods": ["--target_modules", "all"],
 }
 DECISIVE = [("exssnet", 0.1), ("supsup", 0.1), ("lora", None), ("independent", None), ("finetune", None)]
 
