@@ -239,7 +239,7 @@ def frontier(panels: list[tuple[list[dict[str, Any]], str]], path: Path) -> None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 5.5 * len(panels)))
+    fig = Figure(figsize=(10.5, 5.5 * len(panels)))
     FigureCanvasAgg(fig)
     for i, (rows, title) in enumerate(panels):
         _frontier_panel(fig.add_subplot(len(panels), 1, i + 1), rows, title)
@@ -273,7 +273,7 @@ def _frontier_panel(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
     ax.set_ylabel("average accuracy after the last task, % (mean +- std over seeds)")
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=6, loc="lower right")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a point
 
 
 def report(results_dir: Path, plot: Path | None) -> str:
