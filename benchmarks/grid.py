@@ -110,12 +110,16 @@ def run_cell(opts: argparse.Namespace, extra: list[str], method: str, density: f
 VALUE_METHODS = ("exssnet", "ssnet", "wsn", "lora")  # the methods that store trained per-task values (`values_dtype`)
 
 
+def kept_exact_values(run: dict[str, Any]) -> bool:
+    """A cell of a values-storing method that kept its values exact (`values_dtype` null or predating the field)."""
+    return run["method"].split("+")[0] in VALUE_METHODS and (run.get("method_config") or {}).get("values_dtype") is None
+
+
 def row_label(run: dict[str, Any]) -> str | None:
     """What sets a cell apart from the method's defaults: its variant, exact values (a values-storing method run
     before the float16 default, or with `values_dtype: null`), or a post hoc re-evaluation."""
     labels = [run.get("variant"), run.get("post_hoc")]
-    if run["method"].split("+")[0] in VALUE_METHODS and (run.get("method_config") or {}).get("values_dtype") is None \
-            and not run.get("post_hoc"):
+    if kept_exact_values(run) and not run.get("post_hoc"):
         labels.append("exact values")
     return ", ".join(label for label in labels if label) or None
 

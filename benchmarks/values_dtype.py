@@ -102,10 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     data = json.loads(output.read_text()) if output.exists() else {"cells": {}}
     for path in sorted(Path(opts.results_dir).glob("*.json")):
         run = json.loads(path.read_text())
-        if path.name == "summary.json" or run["method"] not in grid.VALUE_METHODS:
+        if path.name == "summary.json" or not grid.kept_exact_values(run):
             continue
-        exact = (run.get("method_config") or {}).get("values_dtype") is None  # a cell that kept its values exact
-        if path.stem in data["cells"] or run.get("variant") or not exact or not (ROOT / run["output_dir"] / "checkpoint").is_dir():
+        if path.stem in data["cells"] or run.get("variant") or not (ROOT / run["output_dir"] / "checkpoint").is_dir():
             continue
         print(f"{path.stem}: measuring", flush=True)
         data["cells"][path.stem] = {"method": run["method"], "density": run["density"], "seed": run["seed"],

@@ -113,6 +113,16 @@ def load_into_buffers(module: nn.Module, tensors: dict[str, torch.Tensor], what:
     freeze_to_buffers(module)
 
 
+def stored_values(live: torch.Tensor, dtype: torch.dtype | None, what: str) -> torch.Tensor:
+    """`live` as a checkpoint stores it, in `dtype` (None: as is); refused when that would not give back `live`
+    exactly (the checkpoint must serve what the live model does)."""
+    stored = live if dtype is None else live.to(dtype)
+    if not torch.equal(stored.to(live.dtype), live):
+        raise ValueError(f"{what} are not {stored.dtype} numbers, so a checkpoint could not reproduce them; set "
+                         "values_dtype with model.keep_values_in(), not by hand.")
+    return stored
+
+
 def tensor_bytes(tensors: dict[str, torch.Tensor] | list[torch.Tensor]) -> int:
     values = tensors.values() if isinstance(tensors, dict) else tensors
     return sum(t.numel() * t.element_size() for t in values)

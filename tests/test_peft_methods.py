@@ -159,7 +159,7 @@ def test_lora_values_dtype_conversion_old_checkpoints_and_refusals(tmp_path):
         exact.keep_values_in("int8")
 
     exact.config.values_dtype = "float16"  # by hand: the live adapter was not rounded
-    with pytest.raises(ValueError, match="is not torch.float16 numbers.*keep_values_in"):
+    with pytest.raises(ValueError, match="are not torch.float16 numbers.*keep_values_in"):
         exact.save_pretrained(str(tmp_path / "refused"))
     assert not (tmp_path / "refused").exists()
     data = json.loads(path.read_text())

@@ -32,7 +32,7 @@ from transformers import PreTrainedModel
 
 from ...export import export_sequence_classifier
 from ...targets import target_linears
-from ...tasks import freeze_to_buffers, load_into_buffers, module_device, seeded
+from ...tasks import freeze_to_buffers, load_into_buffers, module_device, seeded, stored_values
 from ..base import ContinualModel, Phase
 from .config import LoraMethodConfig
 
@@ -209,11 +209,7 @@ class LoraContinualModel(ContinualModel):
         dtype = self._values_dtype()
         for path, module in self._adapter_modules(index).items():
             for key, live in module.state_dict().items():
-                stored = live if dtype is None else live.to(dtype)
-                if not torch.equal(stored.to(live.dtype), live):  # the checkpoint must serve what the live model does
-                    raise ValueError(f"adapter {path}.{key} (task {index}) is not {stored.dtype} numbers, so a checkpoint "
-                                     "could not reproduce it; set values_dtype with model.keep_values_in(), not by hand.")
-                tensors[f"{LORA_PREFIX}{path}.{key}"] = stored
+                tensors[f"{LORA_PREFIX}{path}.{key}"] = stored_values(live, dtype, f"adapter values {path}.{key} (task {index})")
         return tensors
 
     def _install_task_tensors(self, index: int, tensors: dict[str, torch.Tensor], file_name: str) -> None:

@@ -46,7 +46,7 @@ class ExSSNetConfig(MethodConfig):
         "help": "Dtype a task's trained weight values are kept and stored in: float16 | bfloat16 | null (the encoder's, "
                 "exact). They are rounded when the task finishes, before it is evaluated, so what is measured is what is "
                 "served. float16 halves the values' bytes and left the CPU grid's exssnet test accuracy unchanged (one "
-                "example of 3,800 moved, in one of five checkpoints; benchmarks/README.md); supsup trains no weights, so "
+                "example of 3,800 moved, in one of six checkpoints; benchmarks/README.md); supsup trains no weights, so "
                 "it has no effect there."})
     topk_method: str = field(default="auto", metadata={
         "help": "Top-k selection every mask-phase step: auto (time each exact method once per shape and device) | "

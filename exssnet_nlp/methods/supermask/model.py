@@ -20,7 +20,7 @@ from ...export import export_sequence_classifier
 from ...kkt import KKTConfig, KKTResult, run_kkt, vote_topk
 from ...masks import deflate_packed, inflate_packed, packed_size, topk_mask_rows, unpack_bits
 from ...targets import replace_submodule, target_linears
-from ...tasks import pool, task_seed
+from ...tasks import pool, stored_values, task_seed
 from ..base import ContinualModel, Phase
 from .config import ExSSNetConfig
 from .layer import MASK_PHASE, SHARED_VIEW, WEIGHT_PHASE, SupermaskLinear, TaskLayerNorm
@@ -227,12 +227,8 @@ class ExSSNetModel(ContinualModel):
             if self.config.method != "supsup":
                 # Current values, not the ones at finish time: for ssnet later tasks may have retrained them.
                 positions = layer.owned_mask(index).reshape(-1).nonzero().squeeze(1)
-                live = layer.weight.detach().reshape(-1)[positions]
-                stored = live.to(layer.values_dtype or layer.weight.dtype)
-                if not torch.equal(stored.to(live.dtype), live):  # the checkpoint must serve what the live model does
-                    raise ValueError(f"values of {name} (task {index}) are not {stored.dtype} numbers, so a checkpoint "
-                                     "could not reproduce them; set values_dtype with model.keep_values_in(), not by hand.")
-                tensors[VALUES_PREFIX + name] = stored
+                tensors[VALUES_PREFIX + name] = stored_values(layer.weight.detach().reshape(-1)[positions],
+                                                              layer.values_dtype, f"values of {name} (task {index})")
         for name, norm in self.task_norm_layers().items():
             weight, bias = norm.task_affine(index)
             tensors[f"{NORM_PREFIX}{name}.weight"] = weight.detach()
