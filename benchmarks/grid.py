@@ -152,7 +152,8 @@ def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     known = [v for v in values if v is not None]  # None: undefined for the method (multitask has no BWT)
     if not known:
         return None, None
-    return statistics.fmean(known), (statistics.stdev(known) if len(known) > 1 else 0.0)
+    # One seed has no spread: None ("-" in the table, no error bar), not a misleading 0.00.
+    return statistics.fmean(known), (statistics.stdev(known) if len(known) > 1 else None)
 
 
 def serving_bytes(run: dict[str, Any]) -> int:
@@ -230,8 +231,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         density = "-" if r["density"] is None else f"{r['density']:g}"
         name = r["method"] + (f" [{r['label']}]" if r.get("label") else "")
+        spread = " (one seed)" if r["average_accuracy_std"] is None else f" +- {pct(r['average_accuracy_std'])}"
         lines.append(
-            f"| {name} | {density} | {len(r['seeds'])} | {pct(r['average_accuracy'])} +- {pct(r['average_accuracy_std'])} "
+            f"| {name} | {density} | {len(r['seeds'])} | {pct(r['average_accuracy'])}{spread} "
             f"| {pct(r['bwt'])} | {pct(r['forgetting'])} | {pct(r['fwt'])} | {r['bytes_per_task'] / 1e6:.3f} "
             f"| {r['wall_per_task']:.1f} | {r.get('restarts', 0)} |")
     return "\n".join(lines)
@@ -263,7 +265,8 @@ def _frontier_panel(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
         colour = colours.setdefault(base, f"C{len(colours) % 10}")
         point = (r["bytes_per_task"], 100 * r["average_accuracy"])
         hollow = "post hoc" in (r.get("label") or "")
-        ax.errorbar(*point, yerr=100 * r["average_accuracy_std"], fmt="o", capsize=3, color=colour,
+        spread = r["average_accuracy_std"]
+        ax.errorbar(*point, yerr=None if spread is None else 100 * spread, fmt="o", capsize=3, color=colour,
                     mfc="none" if hollow else colour, label=r["key"] + f" (n={len(r['seeds'])})")
         if hollow:
             if base in trained:
