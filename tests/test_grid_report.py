@@ -29,7 +29,8 @@ def test_report_aggregates_seeds_and_draws_the_frontier(grid, tmp_path):
     results.mkdir()
     runs = [run("exssnet", 0.1, 42, 0.60), run("exssnet", 0.1, 43, 0.70), run("exssnet", 0.1, 44, 0.65),
             run("multitask", None, 42, 0.80, bwt=None, stored=90_000_000)]
-    runs[1]["restarts"] = {"b": [{"attempt": 0, "restarted": True}]}
+    # a restart, then a second attempt that also ended at chance and was kept: one restart
+    runs[1]["restarts"] = {"b": [{"attempt": 0, "restarted": True}, {"attempt": 1, "restarted": False}]}
     for i, r in enumerate(runs):
         (results / f"r{i}.json").write_text(json.dumps(r))
     text = grid.report(results, tmp_path / "frontier_cpu.png")
