@@ -152,7 +152,8 @@ def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     known = [v for v in values if v is not None]  # None: undefined for the method (multitask has no BWT)
     if not known:
         return None, None
-    return statistics.fmean(known), (statistics.stdev(known) if len(known) > 1 else 0.0)
+    # One seed has no spread: None ("-" in the table, no error bar), not a misleading 0.00.
+    return statistics.fmean(known), (statistics.stdev(known) if len(known) > 1 else None)
 
 
 def serving_bytes(run: dict[str, Any]) -> int:
@@ -213,8 +214,10 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["bytes_per_task"], row["bytes_per_task_std"] = _mean_std([serving_bytes(r) / n_tasks for r in group])
         row["wall_per_task"], _ = _mean_std([r["wall_seconds"] / n_tasks for r in group])
         row["machines"] = sorted({r.get("machine", {}).get("device", "?") for r in group})
-        # Stuck-at-chance events over the seeds (results["restarts"]; runs from before the detector record none).
-        row["restarts"] = sum(len(events) for r in group for events in (r.get("restarts") or {}).values())
+        # Restarts of tasks stuck at chance, over the seeds (results["restarts"] also records a last attempt that
+        # ended at chance and was kept; runs from before the detector record none).
+        row["restarts"] = sum(bool(e.get("restarted")) for r in group for events in (r.get("restarts") or {}).values()
+                              for e in events)
         rows.append(row)
     rows.sort(key=lambda r: (order.index(r["method"]) if r["method"] in order else len(order),
                              r["density"] or 0.0, r["label"] or ""))
@@ -223,15 +226,16 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| method | density | seeds | avg acc % (mean +- std) | BWT % | forgetting % | FWT % | stored MB per task (no routers) "
-             "| wall s per task | stuck tasks |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| wall s per task | restarts |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.2f}"
 
     for r in rows:
         density = "-" if r["density"] is None else f"{r['density']:g}"
         name = r["method"] + (f" [{r['label']}]" if r.get("label") else "")
+        spread = " (one seed)" if r["average_accuracy_std"] is None else f" +- {pct(r['average_accuracy_std'])}"
         lines.append(
-            f"| {name} | {density} | {len(r['seeds'])} | {pct(r['average_accuracy'])} +- {pct(r['average_accuracy_std'])} "
+            f"| {name} | {density} | {len(r['seeds'])} | {pct(r['average_accuracy'])}{spread} "
             f"| {pct(r['bwt'])} | {pct(r['forgetting'])} | {pct(r['fwt'])} | {r['bytes_per_task'] / 1e6:.3f} "
             f"| {r['wall_per_task']:.1f} | {r.get('restarts', 0)} |")
     return "\n".join(lines)
@@ -263,7 +267,8 @@ def _frontier_panel(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
         colour = colours.setdefault(base, f"C{len(colours) % 10}")
         point = (r["bytes_per_task"], 100 * r["average_accuracy"])
         hollow = "post hoc" in (r.get("label") or "")
-        ax.errorbar(*point, yerr=100 * r["average_accuracy_std"], fmt="o", capsize=3, color=colour,
+        spread = r["average_accuracy_std"]
+        ax.errorbar(*point, yerr=None if spread is None else 100 * spread, fmt="o", capsize=3, color=colour,
                     mfc="none" if hollow else colour, label=r["key"] + f" (n={len(r['seeds'])})")
         if hollow:
             if base in trained:

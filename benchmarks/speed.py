@@ -107,7 +107,8 @@ def autocast_factory(device: torch.device, dtype: str) -> Callable[[], contextli
 
 
 def exssnet_config(args: argparse.Namespace) -> ExSSNetConfig:
-    return ExSSNetConfig(density=args.density, method="exssnet", score_init=args.score_init, topk_method=args.topk_method)
+    return ExSSNetConfig(density=args.density, method="exssnet", score_init=args.score_init, topk_method=args.topk_method,
+                         target_modules=args.target_modules)
 
 
 def optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -328,7 +329,8 @@ def run_memory_children(args: argparse.Namespace, device: torch.device) -> dict[
     for side in MEMORY_SIDES:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--device", device.type, "--model", args.model,
                "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--density", str(args.density),
-               "--dtype", args.dtype, "--score-init", args.score_init, "--topk-method", args.topk_method,
+               "--target-modules", args.target_modules, "--dtype", args.dtype, "--score-init", args.score_init,
+               "--topk-method", args.topk_method,
                "--memory-steps", str(args.memory_steps), "--threads", str(args.threads)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         line = next((x for x in proc.stdout.splitlines() if x.startswith(CHILD_TAG)), None)
@@ -555,6 +557,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="alternation rounds (default: 6 on CPU, 20 on GPU)")
     p.add_argument("--steps-per-round", type=int, default=None, help="steps per side per round (default: 1 on CPU, 5 on GPU)")
     p.add_argument("--density", type=float, default=0.1)
+    p.add_argument("--target-modules", default="all",
+                   help="masked linears (the committed results: all; the library default: ffn)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="bfloat16: autocast on both sides")
     # kaiming_uniform (SupSup's init) gives near-independent masks, so t1 owns ~(1 - density) of its mask:
     # the largest exclusive set, the weight phase's worst case. magnitude (the library default) gives t1 almost none.

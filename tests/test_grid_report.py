@@ -29,7 +29,8 @@ def test_report_aggregates_seeds_and_draws_the_frontier(grid, tmp_path):
     results.mkdir()
     runs = [run("exssnet", 0.1, 42, 0.60), run("exssnet", 0.1, 43, 0.70), run("exssnet", 0.1, 44, 0.65),
             run("multitask", None, 42, 0.80, bwt=None, stored=90_000_000)]
-    runs[1]["restarts"] = {"b": [{"attempt": 0, "restarted": True}]}
+    # a restart, then a second attempt that also ended at chance and was kept: one restart
+    runs[1]["restarts"] = {"b": [{"attempt": 0, "restarted": True}, {"attempt": 1, "restarted": False}]}
     for i, r in enumerate(runs):
         (results / f"r{i}.json").write_text(json.dumps(r))
     text = grid.report(results, tmp_path / "frontier_cpu.png")
@@ -40,7 +41,7 @@ def test_report_aggregates_seeds_and_draws_the_frontier(grid, tmp_path):
     assert rows["exssnet@0.1"]["restarts"] == 1 and rows["multitask"]["restarts"] == 0
     assert rows["multitask"]["bwt"] is None and rows["multitask"]["average_accuracy"] == pytest.approx(0.8)
     assert "| exssnet | 0.1 | 3 | 65.00 +- 5.00 | 0.00 |" in text
-    assert "| multitask | - | 1 | 80.00 +- 0.00 | - | - | - |" in text
+    assert "| multitask | - | 1 | 80.00 (one seed) | - | - | - |" in text  # one seed: no spread to show
     assert (tmp_path / "frontier_cpu.png").stat().st_size > 10_000
     assert grid.frontier_all(tmp_path) == tmp_path / "frontier.png" and (tmp_path / "frontier.png").exists()
 

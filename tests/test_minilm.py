@@ -18,7 +18,7 @@ def test_minilm_two_tasks_zero_forgetting():
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = get_method("exssnet").build(path, {"density": 0.1, "pooling": "mean"})  # a Hub id or path is loaded here
     assert isinstance(model, ExSSNetModel) and model.base_model_name_or_path == path
-    assert len(model.supermask_layers()) == 36  # 6 blocks x (q, k, v, attn out, ffn in, ffn out)
+    assert len(model.supermask_layers()) == 12  # 6 blocks x (ffn in, ffn out): target_modules defaults to ffn
     texts_a = ["the match ended in a draw", "stocks fell sharply today", "a new phone was released", "the team won the cup"]
     texts_b = ["I loved this film", "terrible service, never again", "great value for money", "it broke after a day"]
     batch_a = tokenizer(texts_a, padding=True, return_tensors="pt")

@@ -9,6 +9,7 @@ and FWT are undefined (None). A joint run checkpoints once, at the end: an inter
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from accelerate.utils import set_seed
@@ -32,8 +33,12 @@ class _Tagged(Dataset):
         return {**self.data[i], "task_ids": self.task_id}
 
 
-def learn_jointly(trainer: Any) -> None:
-    """Register every task, train them together, then evaluate, record and checkpoint as one step."""
+def learn_jointly(trainer: Any, train_sets: Sequence[Any], make_loader: Callable[..., Any],
+                  conclude: Callable[..., None]) -> None:
+    """Register every task, train them together, then evaluate, record and checkpoint as one step.
+
+    The trainer hands over its tokenized training splits, its loader factory and its end-of-step routine (evaluate,
+    record, checkpoint), so a joint run shares them with the task-by-task loop without reaching into the trainer."""
     args, model = trainer.args, trainer.model
     set_seed(args.seed)
     for name, data in zip(trainer.task_names, trainer.task_data, strict=True):
@@ -44,19 +49,19 @@ def learn_jointly(trainer: Any) -> None:
     model.to(trainer.accelerator.device)
     for cb in trainer.callbacks:
         cb.on_task_begin(trainer, JOINT)
-    mixed = ConcatDataset([_Tagged(d, i) for i, d in enumerate(trainer._train_sets)])
+    mixed = ConcatDataset([_Tagged(d, i) for i, d in enumerate(train_sets)])
     phases, timings = {}, {}
     for position, phase in enumerate(trainer.model.phases()):
         lr = learning_rate(args, phase.learning_rate, phase.name)
         heads = trainer.model.begin_joint()
         groups = [{"params": list(trainer.model.encoder.parameters()), "lr": lr},
                   {"params": heads, "lr": args.head_learning_rate or lr}]
-        loader = trainer._loader(mixed, train=True, seed=args.seed + position + 1)
+        loader = make_loader(mixed, train=True, seed=args.seed + position + 1)
         metrics = run_steps(trainer, JOINT, phase, groups, loader, lambda: _mean_validation(trainer))
         trainer.model.end_joint()
         phases[phase.name] = metrics
         timings[phase.name] = metrics["seconds"]
-    trainer._conclude(JOINT, list(range(len(trainer.task_names))), phases, timings)
+    conclude(JOINT, list(range(len(trainer.task_names))), phases, timings)
 
 
 def _mean_validation(trainer: Any) -> float:

@@ -16,8 +16,9 @@ CHECKPOINT_DIR = "checkpoint"
 
 
 def _keep_predating_settings(saved_args: dict[str, Any], args: Any) -> None:
-    """A run saved before a method-config field existed continues with what the field meant then (`predating`),
-    unless the command now sets it away from today's default: then it is a difference, and resume refuses it."""
+    """A run saved before a method-config field existed continues with what the field meant then (`predating`), and
+    one saved with a field's former default keeps it (`former_defaults`), unless the command now sets the field away
+    from today's default: then it is a difference, and resume refuses it."""
     config, saved_config = args.method_config, saved_args.get("method_config")
     if not isinstance(config, MethodConfig) or not isinstance(saved_config, dict):
         return
@@ -27,6 +28,9 @@ def _keep_predating_settings(saved_args: dict[str, Any], args: Any) -> None:
         if key not in saved_config and getattr(config, key) == defaults.get(key):
             setattr(config, key, then)  # the run's results then record the setting it ran with
             saved_config[key] = then
+    for key, before in type(config).former_defaults.items():
+        if key in saved_config and saved_config[key] == before and getattr(config, key) == defaults.get(key):
+            setattr(config, key, before)
 
 
 def resume(trainer: Any) -> None:

@@ -214,7 +214,7 @@ class ContinualTrainer:
         self._sequence_bar = self.progress_bar(len(self.task_names), "tasks", position=0, leave=True)
         self._sequence_bar.update(self.state["next_task"])
         if self.model.learns_jointly and self.state["next_task"] == 0:
-            learn_jointly(self)
+            learn_jointly(self, self._train_sets, self._loader, self._conclude)
             self._sequence_bar.update(len(self.task_names))
         for index in range(self.state["next_task"], len(self.task_names)):
             self._learn(index)
