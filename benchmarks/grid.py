@@ -276,7 +276,9 @@ def _frontier_panel(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
                             arrowprops={"arrowstyle": "->", "color": colour, "linestyle": ":"})
         else:
             trained[base] = point
-            ax.annotate(base, point, fontsize=7, xytext=(4, 4), textcoords="offset points")
+            right_edge = point[0] >= max(row["bytes_per_task"] for row in rows)  # its label would leave the axes
+            ax.annotate(base, point, fontsize=7, xytext=(-4 if right_edge else 4, 4), textcoords="offset points",
+                        ha="right" if right_edge else "left")
     ax.set_xscale("log")
     ax.set_xlabel("stored bytes per task (log scale; the shared pretrained encoder and task-inference routers not counted)")
     ax.set_ylabel("average accuracy after the last task, % (mean +- std over seeds)")
