@@ -262,6 +262,7 @@ def _frontier_panel(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
     # colour, with an arrow from that row, and only trained rows are labelled on the plot (the legend names all).
     colours: dict[str, str] = {}
     trained: dict[str, tuple[float, float]] = {}
+    widest = max((r["bytes_per_task"] for r in rows), default=0.0)  # the right-most point's label goes left of it
     for r in rows:
         base = accuracy.run_key(r["method"], r["density"]) + (f" [{r['variant']}]" if r.get("variant") else "")
         colour = colours.setdefault(base, f"C{len(colours) % 10}")
@@ -276,7 +277,7 @@ def _frontier_panel(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
                             arrowprops={"arrowstyle": "->", "color": colour, "linestyle": ":"})
         else:
             trained[base] = point
-            right_edge = point[0] >= max(row["bytes_per_task"] for row in rows)  # its label would leave the axes
+            right_edge = point[0] >= widest
             ax.annotate(base, point, fontsize=7, xytext=(-4 if right_edge else 4, 4), textcoords="offset points",
                         ha="right" if right_edge else "left")
     ax.set_xscale("log")
