@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -207,6 +208,14 @@ def _inflate(data: torch.Tensor, nbytes: int) -> torch.Tensor:
     else:
         return torch.frombuffer(bytearray(out), dtype=torch.uint8)
     raise ValueError(f"a stored mask {problem}; the checkpoint is corrupt or belongs to another model.")
+
+
+def masks_digest(packed: Iterable[tuple[str, torch.Tensor]], previous: str = "") -> str:
+    """sha256 (hex) of named packed masks, chained after `previous` (the digest of the masks before them)."""
+    digest = hashlib.sha256(previous.encode())
+    for name, bits in packed:
+        digest.update(name.encode() + b"\0" + bits.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def overlap(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -685,6 +685,20 @@ def test_a_mask_repeating_the_previous_one_is_stored_as_their_xor(tmp_path: Path
         rewrite_tensor_file(out, file, good)
 
 
+def test_a_task_installs_only_after_the_tasks_it_was_saved_after() -> None:
+    """A task's masks (XOR streams) and values are coded against the tasks before it: its metadata keeps their masks'
+    chained digest, so installing it after other tasks is refused, and nothing changes; after the same ones it works."""
+    saved = make_model(specs=(("a", 2), ("b", 2)))
+    state, metadata = saved.task_state("b"), saved.task_metadata("b")
+    other = learn_tasks(get_method("exssnet").build(tiny_encoder("bert", 0), {"density": 0.3}), (("a", 2),), steps=5)
+    with pytest.raises(ValueError, match="saved after other tasks than the 1 this model holds"):
+        other.install_task("b", 2, None, state, metadata)
+    assert other.finished_tasks == ["a"] and all(layer.num_finished == 1 for layer in other.supermask_layers().values())
+    same = make_model(specs=(("a", 2),))
+    same.install_task("b", 2, None, state, metadata)
+    assert_same_logits(saved, same.eval(), batch(3))
+
+
 def test_corrupt_mask_values_and_missing_layer_refused(tmp_path: Path, bert_model: ExSSNetModel) -> None:
     out = bert_model.save_pretrained(tmp_path / "ckpt")
     original = load_file(out / "task_000.safetensors")

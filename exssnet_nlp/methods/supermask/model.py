@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 
 from ...export import export_sequence_classifier
 from ...kkt import KKTConfig, KKTResult, run_kkt, vote_topk
-from ...masks import deflate_packed, inflate_packed, packed_size, topk_mask_rows, unpack_bits
+from ...masks import deflate_packed, inflate_packed, masks_digest, packed_size, topk_mask_rows, unpack_bits
 from ...targets import replace_submodule, target_linears
 from ...tasks import pool, stored_values, task_seed
 from ..base import ContinualModel, Phase
@@ -31,6 +31,9 @@ MASK_PREFIX, VALUES_PREFIX, NORM_PREFIX = "mask.", "values.", "norm."
 # the bits alone deflated (MiniLM, density 0.1). Each layer stores the shorter; tasks are installed in order,
 # so the reader has the previous mask (so one task's `task_state` installs only after the task it followed).
 MASK_XOR_PREFIX = "maskxor."
+# A task's file is coded against the tasks before it (XOR streams, values at the weights no earlier mask holds):
+# its metadata keeps the chained digest of their masks, and installing it after other tasks is refused.
+EARLIER_MASKS_KEY = "earlier_masks_sha256"
 
 MASK = Phase(MASK_PHASE, ("mask_learning_rate",), "mask_epochs", "the task's scores (its mask), its head and its norms",
              optimizer="mask_optimizer", lr_scheduler="mask_lr_scheduler")
@@ -51,6 +54,7 @@ class ExSSNetModel(ContinualModel):
         # (layer name, task index) -> the stored (deflated) mask: finished masks never change, so each is
         # compressed once, not on every save.
         self._stored_masks: dict[tuple[str, int], tuple[str, torch.Tensor]] = {}
+        self._digests: list[str] = []  # task i: digest of finished masks 0..i (finished masks never change)
         self._inject()
 
     @property
@@ -153,11 +157,9 @@ class ExSSNetModel(ContinualModel):
                     flat[positions] = layer.frozen_values(flat[positions])
 
     def keep_values_in(self, dtype: str | None) -> None:
-        """Keep and store every task's trained values in `dtype` (float16 | bfloat16 | None: exact) from now on.
-
-        The values of finished tasks are rounded now, as `values_dtype` rounds a task's when it finishes; use it
-        to shrink a checkpoint trained with exact values (and measure the effect: benchmarks/values_dtype.py).
-        """
+        """Keep and store every task's trained values in `dtype` (float16 | bfloat16 | None: exact) from now on; the
+        finished tasks' values are rounded now, as `values_dtype` rounds a task's when it finishes (to shrink a
+        checkpoint trained with exact values; measure the effect with benchmarks/values_dtype.py)."""
         if self.learning_task is not None:
             raise ValueError(f"task {self.learning_task!r} is being learned; finish or discard it before keep_values_in().")
         self.config = replace(self.config, values_dtype=dtype)  # validates dtype
@@ -244,6 +246,22 @@ class ExSSNetModel(ContinualModel):
             self._stored_masks[key] = (MASK_XOR_PREFIX, delta) if delta.numel() < alone.numel() else (MASK_PREFIX, alone)
         prefix, data = self._stored_masks[key]
         return prefix + name, data.clone()  # a copy: a caller editing task_state() must not change later saves
+
+    def _masks_digest(self, index: int) -> str:
+        """Chained digest of finished tasks 0..`index`'s masks ("" before the first task)."""
+        layers = sorted(self.supermask_layers().items())
+        for i in range(len(self._digests), index + 1):
+            self._digests.append(masks_digest(((n, layer.packed_mask(i)) for n, layer in layers), self._masks_digest(i - 1)))
+        return self._digests[index] if index >= 0 else ""
+
+    def task_metadata(self, task: str) -> dict[str, Any]:
+        return {EARLIER_MASKS_KEY: self._masks_digest(self.task_index(task) - 1)}
+
+    def _install_task_metadata(self, index: int, metadata: dict[str, Any], file_name: str) -> None:
+        saved = metadata.get(EARLIER_MASKS_KEY)  # absent from checkpoints saved before the key existed
+        if saved is not None and saved != self._masks_digest(index - 1):
+            raise ValueError(f"{file_name}: the task was saved after other tasks than the {index} this model holds (their "
+                             "masks' digest differs); install the tasks in the order they were saved, from one checkpoint.")
 
     def _install_task_tensors(self, index: int, tensors: dict[str, torch.Tensor], file_name: str) -> None:
         """Register the saved masks, write the owned values into place, keep the norms: no replay of training."""
