@@ -251,7 +251,7 @@ class ExSSNetModel(ContinualModel):
         """Chained digest of finished tasks 0..`index`'s masks ("" before the first task)."""
         layers = sorted(self.supermask_layers().items())
         for i in range(len(self._digests), index + 1):
-            self._digests.append(masks_digest(((n, layer.packed_mask(i)) for n, layer in layers), self._masks_digest(i - 1)))
+            self._digests.append(masks_digest(((n, layer.packed_mask(i)) for n, layer in layers), self._digests[i - 1] if i else ""))
         return self._digests[index] if index >= 0 else ""
 
     def task_metadata(self, task: str) -> dict[str, Any]:
