@@ -699,6 +699,15 @@ def test_a_task_installs_only_after_the_tasks_it_was_saved_after() -> None:
     assert_same_logits(saved, same.eval(), batch(3))
 
 
+def test_a_checkpoint_saved_before_the_mask_digest_loads(tmp_path: Path) -> None:
+    saved = make_model(specs=(("a", 2), ("b", 2)))
+    out = saved.save_pretrained(tmp_path / "ckpt")
+    tasks = json.loads((out / ckpt.CONFIG_NAME).read_text())["tasks"]
+    assert [len(t["metadata"]["earlier_masks_sha256"]) for t in tasks] == [0, 64]  # "": no earlier tasks
+    edit_config(out, lambda data: [task["metadata"].clear() for task in data["tasks"]])
+    assert_same_logits(saved, load_pretrained(out), batch(3))
+
+
 def test_corrupt_mask_values_and_missing_layer_refused(tmp_path: Path, bert_model: ExSSNetModel) -> None:
     out = bert_model.save_pretrained(tmp_path / "ckpt")
     original = load_file(out / "task_000.safetensors")
