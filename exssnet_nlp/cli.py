@@ -12,7 +12,8 @@ COMMANDS = {
     "train": "Learn a sequence of tasks (YAML --config plus --flags; `train --method NAME --help` lists the method's flags).",
     "evaluate": "Test accuracy of every task of a checkpoint, on the data of a training config.",
     "predict": "Classify texts (arguments, --input FILE or stdin) with a task of a checkpoint, or infer each text's task.",
-    "export": "Write one task of a checkpoint as a stock transformers ...ForSequenceClassification.",
+    "export": "Write one task of a checkpoint as a stock transformers ...ForSequenceClassification (a mean-pooled task: "
+              "a Sentence Transformers model with its head).",
     "push": "Upload a checkpoint with a model card to the Hugging Face Hub.",
     "methods": "List the registered continual methods.",
 }
@@ -72,7 +73,7 @@ def _parser(name: str) -> argparse.ArgumentParser:
         parser.add_argument("--checkpoint", required=True, help="Checkpoint directory (or Hub repo id).")
     if name == "export":
         parser.add_argument("--task", required=True, help="The task to export.")
-        parser.add_argument("--output", required=True, help="Directory for the exported transformers model.")
+        parser.add_argument("--output", required=True, help="Directory for the exported model.")
     elif name == "push":
         parser.add_argument("--repo-id", required=True, help="Hub repository, e.g. user/my-continual-model.")
         parser.add_argument("--private", action="store_true", help="Create the repository as private.")

@@ -6,6 +6,7 @@ A method added to the registry is tested here without editing this file.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -193,3 +194,42 @@ print("ok", loaded.method, loaded.tasks)
     proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ok probe ['A', 'B']" in proc.stdout
+    # The CLI, which imports nothing of the user's, finds the method through $EXSSNET_NLP_PLUGINS.
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "EXSSNET_NLP_PLUGINS": "probe_method"}
+    for argv, expected in ((["methods"], "A linear probe per task"), (["train", "--method", "probe", "--help"], "--head_lr")):
+        proc = subprocess.run([sys.executable, "-m", "exssnet_nlp", *argv], capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0 and expected in proc.stdout, proc.stderr[-3000:]
+
+
+def test_plug_in_methods_load_from_entry_points_and_a_broken_one_is_skipped(monkeypatch, caplog):
+    """An installed package names its method's module under the `exssnet_nlp.methods` entry-point group: the first
+    lookup of an unknown name imports it. One that fails to import is logged, and the built-in methods still work."""
+    from importlib import metadata
+
+    from exssnet_nlp.methods import registry
+
+    imported = []
+
+    class Point:  # the two attributes and the method of importlib.metadata.EntryPoint that the registry uses
+        def __init__(self, name, value, load):
+            self.name, self.value, self.load = name, value, load
+
+    def register():
+        imported.append("plugged")
+        registry.register_method("plugged", registry.get_method("supsup").config_class, "exssnet_nlp.methods.supermask.model:ExSSNetModel",
+                                 defaults={"method": "supsup"}, description="a plug-in")
+
+    def broken():
+        raise ImportError("No module named 'missing_dependency'")
+
+    points = [Point("plugged", "plug_pkg.method", register), Point("broken", "broken_pkg.method", broken)]
+    monkeypatch.setattr(metadata, "entry_points", lambda group: points if group == registry.PLUGIN_GROUP else [])
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.delenv(registry.PLUGIN_ENV, raising=False)
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the plug-in leaves no trace in other tests
+    with caplog.at_level("WARNING", logger="exssnet_nlp"):
+        assert registry.get_method("plugged").description == "a plug-in"
+        assert registry.get_method("exssnet").name == "exssnet" and imported == ["plugged"]  # imported once
+    assert "'broken' (broken_pkg.method) failed to import and is skipped: ImportError" in caplog.text
+    with pytest.raises(ValueError, match="not a registered method.*EXSSNET_NLP_PLUGINS"):
+        registry.get_method("nonexistent")

@@ -137,6 +137,9 @@ def test_yaml_config_and_cli_overrides(tiny_model_dir, tasks, tmp_path):
     path.write_text(yaml.safe_dump(config))
     args, task_list = load_training_config(str(path), ["--density", "0.3", "--seed", "7"])
     assert args.method_config.density == 0.3 and args.seed == 7 and args.method_config.seed == 7
+    # A list flag takes `null` as YAML does (every linear), a preset, or suffixes.
+    for flag, meant in ((["null"], None), (["all"], "all"), (["query", "value"], ["query", "value"])):
+        assert load_training_config(str(path), ["--target_modules", *flag])[0].method_config.target_modules == meant
     assert args.mask_epochs == 1 and len(task_list) == 2
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**config, "learning_rat": 1}))
     with pytest.raises(ValueError, match="unknown setting"):
@@ -291,3 +294,11 @@ def test_mask_phase_optimizer_and_schedule_are_settings(tiny_model_dir, tasks, t
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
     with pytest.raises(ValueError, match="mask_optimizer='adam' is not valid"):
         make_args(tiny_model_dir, tmp_path, "exssnet", mask_optimizer="adam")
+
+
+def test_help_gives_the_default_a_run_uses_for_kkt():
+    """A run transfers only when asked, so `--help` says off (KKTConfig's own default, best, is what asking gets)."""
+    from exssnet_nlp.training.arguments import argument_parser
+
+    assert "such mask) | off. (default: off)" in " ".join(argument_parser("exssnet").format_help().split())
+    assert load_training_config(None, ["--tasks", "t"])[0].kkt.mode == "off"

@@ -4,16 +4,25 @@ A method registers itself when its module is imported (`methods/__init__.py` imp
 
     register_method("mymethod", MyConfig, MyModel, description="...")
 
-Nothing else is edited to add one.
+Nothing else is edited to add one. A method outside this package is found without an import in your code when
+its package names its module under the entry-point group `exssnet_nlp.methods` (pyproject.toml:
+`[project.entry-points."exssnet_nlp.methods"] mymethod = "my_package.my_method"`), or when the environment
+variable EXSSNET_NLP_PLUGINS lists its module (comma-separated): both are imported on the first lookup of a name
+not built in, so the CLI and checkpoint loading find it too.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 _REGISTRY: dict[str, MethodSpec] = {}
+PLUGIN_GROUP, PLUGIN_ENV = "exssnet_nlp.methods", "EXSSNET_NLP_PLUGINS"
+_plugins_loaded = False
+logger = logging.getLogger("exssnet_nlp")
 
 
 @dataclass(frozen=True)
@@ -81,12 +90,37 @@ def register_method(name: str, config_class: type, model_class: type | str, *, d
     return spec
 
 
+def load_plugins() -> None:
+    """Import the plug-in methods' modules (entry-point group `exssnet_nlp.methods`, then $EXSSNET_NLP_PLUGINS), once.
+
+    A plug-in that fails to import is logged and skipped: the other methods stay usable.
+    """
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    sources = [(f"entry point {ep.name!r} ({ep.value})", ep.load) for ep in entry_points(group=PLUGIN_GROUP)]
+    for module in filter(None, (m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(","))):
+        sources.append((f"{PLUGIN_ENV} module {module!r}", lambda module=module: importlib.import_module(module)))
+    for where, load in sources:
+        try:
+            load()
+        except Exception as err:  # noqa: BLE001  (any error of third-party code: report it, keep the built-in methods)
+            logger.warning("plug-in method %s failed to import and is skipped: %s: %s", where, type(err).__name__, err)
+
+
 def get_method(name: str) -> MethodSpec:
+    if name not in _REGISTRY:
+        load_plugins()
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"method={name!r} is not a registered method; available: {', '.join(method_names())}.") from None
+        raise ValueError(f"method={name!r} is not a registered method; available: {', '.join(method_names())}. A method "
+                         f"of your own: import its module first, or name it in ${PLUGIN_ENV}.") from None
 
 
 def method_names() -> list[str]:
+    load_plugins()
     return list(_REGISTRY)

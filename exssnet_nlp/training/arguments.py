@@ -270,6 +270,14 @@ def _optional(convert):
     return parse
 
 
+class _ListOrNone(argparse.Action):
+    """A list flag of a field that may be None: a lone `none` / `null` gives None, as YAML's null does."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        lone_null = len(values) == 1 and str(values[0]).lower() in ("none", "null")
+        setattr(namespace, self.dest, None if lone_null else values)
+
+
 def _flag_kwargs(annotation: Any) -> dict[str, Any] | None:
     """argparse settings for a field's type; None for types only YAML can give (nested dicts of dataclasses)."""
     args = typing.get_args(annotation)
@@ -277,7 +285,7 @@ def _flag_kwargs(annotation: Any) -> dict[str, Any] | None:
     optional = origin in (typing.Union, types.UnionType) and type(None) in args
     members = [a for a in args if a is not type(None)] if origin in (typing.Union, types.UnionType) else [annotation]
     if any(typing.get_origin(m) is list or m is list for m in members):
-        return {"nargs": "+"}
+        return {"nargs": "+", **({"action": _ListOrNone} if optional else {})}
     base = members[0] if len(members) == 1 else None
     if base is bool:
         return {"type": _optional(_bool) if optional else _bool, "nargs": "?", "const": True}
@@ -312,12 +320,14 @@ def argument_parser(method: str, prog: str = "exssnet-nlp train") -> argparse.Ar
     parser.add_argument("--config", default=None, help="YAML file of settings and a `tasks:` list; flags override it.")
     _add_fields(parser, ContinualTrainingArguments, "run", skip=("method_config", "kkt"))
     parser.set_defaults(config=None)
-    for action in parser._actions:
-        if action.dest == "method":
-            action.help = f"The continual method: {' | '.join(method_names())}. (default: {DEFAULT_METHOD})"
     _add_fields(parser, spec.config_class, f"method {method!r} ({spec.config_class.__name__})",
                 skip=(*_SHARED_FIELDS, *spec.defaults))
     _add_fields(parser, KKTConfig, "KNN knowledge transfer (methods that support it)", prefix="kkt_", skip=("seed",))
+    for action in parser._actions:
+        if action.dest == "method":
+            action.help = f"The continual method: {' | '.join(method_names())}. (default: {DEFAULT_METHOD})"
+        elif action.dest == "kkt_mode":  # a run transfers only when asked (KKTConfig's own default, best, is what asking gets)
+            action.help = KKTConfig.__dataclass_fields__["mode"].metadata["help"] + " (default: off)"
     return parser
 
 
