@@ -258,18 +258,19 @@ def frontier(panels: list[tuple[list[dict[str, Any]], str]], path: Path) -> None
 
 
 def _frontier_panel(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
-    # One colour per method, density and variant; a post hoc re-evaluation (open marker) shares its trained row's
+    # One colour and marker per method, density and variant; a post hoc re-evaluation (open marker) shares its trained row's
     # colour, with an arrow from that row, and only trained rows are labelled on the plot (the legend names all).
-    colours: dict[str, str] = {}
+    styles: dict[str, int] = {}
     trained: dict[str, tuple[float, float]] = {}
     widest = max((r["bytes_per_task"] for r in rows), default=0.0)  # the right-most point's label goes left of it
     for r in rows:
         base = accuracy.run_key(r["method"], r["density"]) + (f" [{r['variant']}]" if r.get("variant") else "")
-        colour = colours.setdefault(base, f"C{len(colours) % 10}")
+        index = styles.setdefault(base, len(styles))
+        colour, marker = f"C{index % 10}", "os^D"[index // 10 % 4]  # past ten rows the colours repeat: the marker differs
         point = (r["bytes_per_task"], 100 * r["average_accuracy"])
         hollow = "post hoc" in (r.get("label") or "")
         spread = r["average_accuracy_std"]
-        ax.errorbar(*point, yerr=None if spread is None else 100 * spread, fmt="o", capsize=3, color=colour,
+        ax.errorbar(*point, yerr=None if spread is None else 100 * spread, fmt=marker, capsize=3, color=colour,
                     mfc="none" if hollow else colour, label=r["key"] + f" (n={len(r['seeds'])})")
         if hollow:
             if base in trained:
