@@ -127,3 +127,33 @@ def test_a_resumed_run_counts_steps_and_finishes_after_the_last_save(tiny_model_
     resumed = ContinualTrainer(build_model(args), args, small_tasks)
     assert resumed.train()["accuracy_matrix"] == expected["accuracy_matrix"]
     assert resumed.global_step == full.global_step > 0
+
+
+@pytest.mark.parametrize("weight_phase,kept", [((0.9, 0.5, 0.6), 0), ((0.5, 0.6, 0.9), "end"), ((0.5, 0.9, 0.9), "end")])
+def test_load_best_in_phase_keeps_the_best_validation_point(tiny_model_dir, small_tasks, tmp_path, monkeypatch, weight_phase, kept):
+    """Validation accuracy at the start, middle and end of each phase (scripted): a weight phase whose start is
+    strictly best is undone (every trained tensor back to the mask phase's result); otherwise its end stays."""
+    real = ContinualTrainer.evaluate
+    script = iter([0.3, 0.4, 0.5, *weight_phase])  # the mask phase learns; then the weight phase under test
+
+    def evaluate(self, task, split="test"):
+        return next(script) if split == "validation" else real(self, task, split)
+
+    class Snapshots(ContinualCallback):
+        def __init__(self):
+            self.at, self.metrics = {}, {}
+
+        def on_phase_end(self, trainer, task, phase, metrics):
+            self.at[phase] = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+            self.metrics[phase] = metrics
+
+    monkeypatch.setattr(ContinualTrainer, "evaluate", evaluate)
+    args = make_args(tiny_model_dir, tmp_path / "best", "exssnet", mask_epochs=1, weight_epochs=1, load_best_in_phase=True)
+    snapshots = Snapshots()
+    results = ContinualTrainer(build_model(args), args, small_tasks[:1], callbacks=[snapshots]).train()
+    mask, weight = snapshots.metrics["mask"], snapshots.metrics["weight"]
+    assert mask["best_step"] == mask["steps"] and mask["validation_accuracy"] == 0.5
+    assert [p["step"] for p in results["curves"]["topic"]["weight"]][0] == 0  # the start is a point of the curve
+    unchanged = all(torch.equal(v, snapshots.at["weight"][k]) for k, v in snapshots.at["mask"].items())
+    assert weight["best_step"] == (weight["steps"] if kept == "end" else kept)
+    assert weight["validation_accuracy"] == max(weight_phase) and unchanged == (kept == 0)

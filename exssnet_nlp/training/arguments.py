@@ -80,6 +80,10 @@ class ContinualTrainingArguments:
         "help": "Examples per class held out of training for the learning curve."})
     eval_samples_per_class: int | None = field(default=None, metadata={"help": "Cap on test examples per class."})
     evaluations_per_phase: int = field(default=1, metadata={"help": "Validation points per phase (the learning curve)."})
+    load_best_in_phase: bool = field(default=False, metadata={
+        "help": "Per phase, keep what it trains at its best validation point, the phase's start included (a weight phase "
+                "that lowers validation accuracy is undone), as transformers' load_best_model_at_end does per run; "
+                "evaluations_per_phase sets the points. Off by default: not yet measured (grid variant best_in_phase)."})
     # Adam on scores sometimes leaves a whole mask phase at chance (Amazon in two gap-study variants): a restart
     # with another head init and data order costs one phase and rescues the task; it never fires on a phase that learns.
     restart_stuck_tasks: int = field(default=1, metadata={
@@ -108,6 +112,9 @@ class ContinualTrainingArguments:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not valid; allowed values: {', '.join(allowed)}.")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is not valid; allowed values: no, fp16, bf16.")
+        for name in ("overwrite_output_dir", "resume_from_checkpoint", "cpu", "load_best_in_phase", "save_checkpoints"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be true or false.")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed={self.seed!r} must be an int (e.g. 42), not {type(self.seed).__name__}.")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",

@@ -70,6 +70,10 @@ def run_steps(trainer: Any, task: str, phase: Phase, groups: list[dict[str, Any]
     wrapped, optimizer, loader, scheduler = acc.prepare(model, optimizer, loader, scheduler)
     eval_at = {max(1, round(total_steps * (i + 1) / args.evaluations_per_phase)) for i in range(args.evaluations_per_phase)}
     curve: list[dict[str, Any]] = []
+    trained = [p for g in groups for p in g["params"]]
+    best = _Best(trained, validate) if args.load_best_in_phase else None
+    if best is not None:
+        curve.append({"step": 0, "fraction": 0.0, "accuracy": best.accuracy})
     losses: list[dict[str, Any]] = []
     step, running, batches, start = 0, 0.0, 0, time.perf_counter()
     progress = trainer.progress_bar(total_steps, f"{task} [{phase.name}]")
@@ -103,6 +107,8 @@ def run_steps(trainer: Any, task: str, phase: Phase, groups: list[dict[str, Any]
                 point = {"step": step, "fraction": step / total_steps, "accuracy": validate()}
                 curve.append(point)
                 trainer.log_metrics({f"{task}/{phase.name}/validation_accuracy": point["accuracy"]})
+                if best is not None:
+                    best.offer(point["accuracy"], step, last=step >= total_steps)
                 wrapped.train()
             if step >= total_steps:
                 break
@@ -112,6 +118,34 @@ def run_steps(trainer: Any, task: str, phase: Phase, groups: list[dict[str, Any]
     acc.free_memory()  # drops the references prepare kept; the next phase prepares afresh
     metrics = {"phase": phase.name, "steps": total_steps, "seconds": seconds, "losses": losses, "curve": curve,
                "validation_accuracy": curve[-1]["accuracy"] if curve else None}
+    if best is not None:
+        metrics.update(best_step=best.restore(), validation_accuracy=best.accuracy)
     for cb in trainer.callbacks:
         cb.on_phase_end(trainer, task, phase.name, metrics)
     return metrics
+
+
+class _Best:
+    """The phase's trained tensors at its best validation point so far (`load_best_in_phase`); ties go to the later
+    point, so the start is kept only when every later point is strictly worse."""
+
+    def __init__(self, tensors: list[torch.Tensor], validate: Callable[[], float]) -> None:
+        self.tensors, self.accuracy = tensors, validate()
+        self.step: int | None = 0
+        self.saved: list[torch.Tensor] | None = [t.detach().clone() for t in tensors]
+        if math.isnan(self.accuracy):  # no validation data: nothing to choose by, the phase's end is kept
+            self.step, self.saved = None, None
+
+    def offer(self, accuracy: float, step: int, last: bool) -> None:
+        if self.step is None or not accuracy >= self.accuracy:
+            return
+        self.accuracy, self.step = accuracy, step
+        self.saved = None if last else [t.detach().clone() for t in self.tensors]  # the last point is the live state
+
+    def restore(self) -> int | None:
+        """Put the best point's tensors back (nothing to do when it is the end); returns its step (None: no choice)."""
+        if self.saved is not None:
+            with torch.no_grad():
+                for tensor, saved in zip(self.tensors, self.saved, strict=True):
+                    tensor.copy_(saved)
+        return self.step
