@@ -302,3 +302,11 @@ def test_help_gives_the_default_a_run_uses_for_kkt():
 
     assert "such mask) | off. (default: off)" in " ".join(argument_parser("exssnet").format_help().split())
     assert load_training_config(None, ["--tasks", "t"])[0].kkt.mode == "off"
+
+
+@pytest.mark.parametrize("name", ["cpu", "load_best_in_phase", "save_checkpoints"])
+def test_a_yes_no_setting_must_be_a_boolean(name):
+    from exssnet_nlp.training import ContinualTrainingArguments
+
+    with pytest.raises(ValueError, match=f"{name}='yes' must be true or false"):
+        ContinualTrainingArguments(model_name_or_path="x", **{name: "yes"})

@@ -112,9 +112,9 @@ class ContinualTrainingArguments:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not valid; allowed values: {', '.join(allowed)}.")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is not valid; allowed values: no, fp16, bf16.")
-        for name in ("overwrite_output_dir", "resume_from_checkpoint", "cpu", "load_best_in_phase", "save_checkpoints"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}={getattr(self, name)!r} must be true or false.")
+        for f in fields(self):
+            if f.type == "bool" and not isinstance(getattr(self, f.name), bool):  # the annotation, as a string
+                raise ValueError(f"{f.name}={getattr(self, f.name)!r} must be true or false.")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed={self.seed!r} must be an int (e.g. 42), not {type(self.seed).__name__}.")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
@@ -269,9 +269,14 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _is_null(text: Any) -> bool:
+    """YAML's null as a command line writes it."""
+    return str(text).lower() in ("none", "null")
+
+
 def _optional(convert):
     def parse(text: str):
-        return None if str(text).lower() in ("none", "null") else convert(text)
+        return None if _is_null(text) else convert(text)
 
     parse.__name__ = getattr(convert, "__name__", "value")
     return parse
@@ -281,8 +286,7 @@ class _ListOrNone(argparse.Action):
     """A list flag of a field that may be None: a lone `none` / `null` gives None, as YAML's null does."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        lone_null = len(values) == 1 and str(values[0]).lower() in ("none", "null")
-        setattr(namespace, self.dest, None if lone_null else values)
+        setattr(namespace, self.dest, None if len(values) == 1 and _is_null(values[0]) else values)
 
 
 def _flag_kwargs(annotation: Any) -> dict[str, Any] | None:
