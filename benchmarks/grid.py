@@ -200,6 +200,20 @@ def remeasure_storage(results_dir: Path) -> list[str]:
     return lines
 
 
+def phase_gain(run: dict[str, Any]) -> float | None:
+    """Mean over tasks of the validation accuracy the last phase kept minus what the first phase kept: what a second
+    phase (exssnet's weight phase) adds. None for one-phase methods and runs without curves."""
+    best = bool(run.get("config", {}).get("load_best_in_phase"))  # then a phase keeps its best point, not its last
+    gains = []
+    for curves in (run.get("curves") or {}).values():
+        kept = [max(p["accuracy"] for p in points) if best else points[-1]["accuracy"]
+                for points in curves.values() if points]
+        if len(kept) < 2:
+            return None
+        gains.append(kept[-1] - kept[0])
+    return sum(gains) / len(gains) if gains else None
+
+
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (method, density, variant): mean and sample std over its seeds."""
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -215,6 +229,7 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                "seeds": sorted(r["seed"] for r in group)}
         for metric in ("average_accuracy", "bwt", "forgetting", "fwt"):
             row[metric], row[metric + "_std"] = _mean_std([r[metric] for r in group])
+        row["phase_gain"], _ = _mean_std([phase_gain(r) for r in group])
         row["bytes_per_task"], row["bytes_per_task_std"] = _mean_std([serving_bytes(r) / n_tasks for r in group])
         row["wall_per_task"], _ = _mean_std([r["wall_seconds"] / n_tasks for r in group])
         row["machines"] = sorted({r.get("machine", {}).get("device", "?") for r in group})
@@ -230,9 +245,13 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| method | density | seeds | avg acc % (mean +- std) | BWT % | forgetting % | FWT % | stored MB per task (no routers) "
-             "| wall s per task | restarts |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| wall s per task | restarts | last phase's val gain % |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.2f}"
+
+    def signed(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:+.2f}"
 
     for r in rows:
         density = "-" if r["density"] is None else f"{r['density']:g}"
@@ -241,7 +260,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {name} | {density} | {len(r['seeds'])} | {pct(r['average_accuracy'])}{spread} "
             f"| {pct(r['bwt'])} | {pct(r['forgetting'])} | {pct(r['fwt'])} | {r['bytes_per_task'] / 1e6:.3f} "
-            f"| {r['wall_per_task']:.1f} | {r.get('restarts', 0)} |")
+            f"| {r['wall_per_task']:.1f} | {r.get('restarts', 0)} | {signed(r.get('phase_gain'))} |")
     return "\n".join(lines)
 
 

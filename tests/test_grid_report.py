@@ -46,6 +46,29 @@ def test_report_aggregates_seeds_and_draws_the_frontier(grid, tmp_path):
     assert grid.frontier_all(tmp_path) == tmp_path / "frontier.png" and (tmp_path / "frontier.png").exists()
 
 
+def test_the_last_phases_gain_is_what_it_kept_over_what_the_first_phase_kept(grid, tmp_path):
+    """Per task: the last phase's kept validation accuracy minus the first phase's, averaged over tasks and seeds. A
+    run with `load_best_in_phase` kept each phase's best point, not its last; one-phase methods have no gain."""
+    curves = {"a": {"mask": [{"accuracy": 0.5}, {"accuracy": 0.7}], "weight": [{"accuracy": 0.8}, {"accuracy": 0.6}]},
+              "b": {"mask": [{"accuracy": 0.4}], "weight": [{"accuracy": 0.5}]}}
+    assert grid.phase_gain({"curves": curves}) == pytest.approx((-0.1 + 0.1) / 2)
+    assert grid.phase_gain({"curves": curves, "config": {"load_best_in_phase": True}}) == pytest.approx((0.1 + 0.1) / 2)
+    assert grid.phase_gain({"curves": {"a": {"train": [{"accuracy": 0.9}]}}}) is None
+    assert grid.phase_gain({}) is None
+    results = tmp_path / "grid_cpu"
+    results.mkdir()
+    for seed, gain in ((42, 0.1), (43, 0.3)):
+        cell = {**run("exssnet", 0.1, seed, 0.6), "curves": {"a": {"mask": [{"accuracy": 0.5}], "weight": [{"accuracy": 0.5 + gain}]}}}
+        (results / f"exssnet_d0.1_s{seed}.json").write_text(json.dumps(cell))
+    (results / "supsup_d0.1_s42.json").write_text(json.dumps({**run("supsup", 0.1, 42, 0.55),
+                                                              "curves": {"a": {"mask": [{"accuracy": 0.5}]}}}))
+    text = grid.report(results, None)
+    assert text.splitlines()[-2].endswith("| 0 | +20.00 |")  # exssnet: mean of +10 and +30 points
+    assert text.splitlines()[-1].endswith("| 0 | - |")  # supsup: one phase
+    rows = {r["key"]: r for r in json.loads((results / "summary.json").read_text())["rows"]}
+    assert rows["exssnet@0.1"]["phase_gain"] == pytest.approx(0.2) and rows["supsup@0.1"]["phase_gain"] is None
+
+
 def test_exact_value_cells_get_their_own_row_and_a_post_hoc_float16_row(grid, tmp_path):
     """Cells that kept exact values are not merged with the float16 default; values_dtype.py's re-evaluation of them
     becomes a `[float16 values, post hoc]` row with its accuracy and bytes, and no BWT (only the last row was measured)."""
