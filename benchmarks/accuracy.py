@@ -235,12 +235,9 @@ def run_one(opts: argparse.Namespace, extra: list[str], method: str, density: fl
         "curves": results["curves"],
         "timings_per_task": results["timings"]["per_task"],
         "encoder": probe.seen,
-        "config": {k: flat.get(k) for k in (
-            "model_name_or_path", "method", "density", "target_modules", "pooling", "kkt_mode", "mixed_precision", "seed",
-            "per_device_train_batch_size", "mask_epochs", "weight_epochs", "mask_learning_rate", "weight_learning_rate",
-            "dense_learning_rate",
-            "head_learning_rate", "max_length", "train_samples_per_class", "validation_samples_per_class",
-            "eval_samples_per_class", "evaluations_per_phase")},
+        # Every trainer setting (a hand-picked list missed `load_best_in_phase`), plus the method's that tables read.
+        "config": {**{k: flat.get(k) for k in ("density", "target_modules", "pooling")},
+                   **{k: v for k, v in config.items() if k not in ("method_config", "kkt")}},
         "method_config": config.get("method_config"),
         "kkt_config": config.get("kkt"),
     }

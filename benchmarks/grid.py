@@ -200,10 +200,20 @@ def remeasure_storage(results_dir: Path) -> list[str]:
     return lines
 
 
+def setting(run: dict[str, Any], name: str) -> Any:
+    """A trainer setting of a cell: from its recorded config, else from the overrides it ran with (cells before
+    accuracy.py recorded every setting kept only a list of them)."""
+    if name in run.get("config", {}):
+        return run["config"][name]
+    overrides = run.get("overrides") or []
+    flag = f"--{name}"
+    return overrides[overrides.index(flag) + 1] if flag in overrides[:-1] else None
+
+
 def phase_gain(run: dict[str, Any]) -> float | None:
     """Mean over tasks of the validation accuracy the last phase kept minus what the first phase kept: what a second
     phase (exssnet's weight phase) adds. None for one-phase methods and runs without curves."""
-    best = bool(run.get("config", {}).get("load_best_in_phase"))  # then a phase keeps its best point, not its last
+    best = setting(run, "load_best_in_phase") in (True, "true")  # then a phase keeps its best point, not its last
     gains = []
     for curves in (run.get("curves") or {}).values():
         kept = [max(p["accuracy"] for p in points) if best else points[-1]["accuracy"]

@@ -53,6 +53,8 @@ def test_the_last_phases_gain_is_what_it_kept_over_what_the_first_phase_kept(gri
               "b": {"mask": [{"accuracy": 0.4}], "weight": [{"accuracy": 0.5}]}}
     assert grid.phase_gain({"curves": curves}) == pytest.approx((-0.1 + 0.1) / 2)
     assert grid.phase_gain({"curves": curves, "config": {"load_best_in_phase": True}}) == pytest.approx((0.1 + 0.1) / 2)
+    # cells recorded before every setting was: the flag they ran with
+    assert grid.phase_gain({"curves": curves, "config": {}, "overrides": ["--load_best_in_phase", "true"]}) == pytest.approx(0.1)
     assert grid.phase_gain({"curves": {"a": {"train": [{"accuracy": 0.9}]}}}) is None
     assert grid.phase_gain({}) is None
     results = tmp_path / "grid_cpu"

@@ -17,6 +17,8 @@ def test_rounded_copies_are_measured_against_the_run(tiny_model_dir, tmp_path, m
     assert grid.main(["--budget", "smoke", "--methods", "exssnet,lora", "--densities", "0.1", "--seeds", "42", "--model",
                       tiny_model_dir, "--results-dir", str(results), "--runs-dir", str(runs), "--disable_tqdm", "true",
                       "--values_dtype", "none"]) == 0  # exact values: the cells the benchmark measures
+    recorded = json.loads((results / "exssnet_d0.1_s42.json").read_text())["config"]
+    assert recorded["load_best_in_phase"] is False and recorded["restart_stuck_tasks"] == 1  # every trainer setting
     output = tmp_path / "values.json"
     argv = ["--results-dir", str(results), "--output", str(output), "--work-dir", str(tmp_path / "work")]
     assert bench.main(argv) == 0
