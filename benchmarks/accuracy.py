@@ -236,8 +236,8 @@ def run_one(opts: argparse.Namespace, extra: list[str], method: str, density: fl
         "timings_per_task": results["timings"]["per_task"],
         "encoder": probe.seen,
         # Every trainer setting (a hand-picked list missed `load_best_in_phase`), plus the method's that tables read.
-        "config": {**{k: flat.get(k) for k in ("density", "target_modules", "pooling")},
-                   **{k: v for k, v in config.items() if k not in ("method_config", "kkt")}},
+        "config": {**{k: flat.get(k) for k in ("density", "target_modules", "pooling", "kkt_mode")},
+                   **{k: v for k, v in config.items() if k not in ("method_config", "kkt", "tasks")}},
         "method_config": config.get("method_config"),
         "kkt_config": config.get("kkt"),
     }
