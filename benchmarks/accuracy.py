@@ -210,9 +210,7 @@ def run_one(opts: argparse.Namespace, extra: list[str], method: str, density: fl
     results = run_training(args, tasks, callbacks=[probe])
     total = time.perf_counter() - start
     config = results["config"]
-    # The trainer's config nests the method's settings and KKT's; the table reads them as flat keys.
-    flat = {**{k: v for k, v in config.items() if k not in ("method_config", "kkt")}, **(config.get("method_config") or {}),
-            **{f"kkt_{k}": v for k, v in (config.get("kkt") or {}).items()}}
+    method_config = config.get("method_config") or {}
     return {
         "method": method,
         "density": density,
@@ -235,8 +233,9 @@ def run_one(opts: argparse.Namespace, extra: list[str], method: str, density: fl
         "curves": results["curves"],
         "timings_per_task": results["timings"]["per_task"],
         "encoder": probe.seen,
-        # Every trainer setting (a hand-picked list missed `load_best_in_phase`), plus the method's that tables read.
-        "config": {**{k: flat.get(k) for k in ("density", "target_modules", "pooling", "kkt_mode")},
+        # Every trainer setting (a hand-picked list missed `load_best_in_phase`), plus the nested ones tables read.
+        "config": {**{k: method_config.get(k) for k in ("density", "target_modules", "pooling")},
+                   "kkt_mode": (config.get("kkt") or {}).get("mode"),
                    **{k: v for k, v in config.items() if k not in ("method_config", "kkt", "tasks")}},
         "method_config": config.get("method_config"),
         "kkt_config": config.get("kkt"),

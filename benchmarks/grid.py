@@ -213,7 +213,7 @@ def setting(run: dict[str, Any], name: str) -> Any:
 def phase_gain(run: dict[str, Any]) -> float | None:
     """Mean over tasks of the validation accuracy the last phase kept minus what the first phase kept: what a second
     phase (exssnet's weight phase) adds. None for one-phase methods and runs without curves."""
-    best = setting(run, "load_best_in_phase") in (True, "true")  # then a phase keeps its best point, not its last
+    best = str(setting(run, "load_best_in_phase")).lower() == "true"  # a phase then keeps its best point, not its last
     gains = []
     for curves in (run.get("curves") or {}).values():
         kept = [max(p["accuracy"] for p in points) if best else points[-1]["accuracy"]

@@ -113,7 +113,7 @@ class ContinualTrainingArguments:
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is not valid; allowed values: no, fp16, bf16.")
         for f in fields(self):
-            if f.type == "bool" and not isinstance(getattr(self, f.name), bool):  # the annotation, as a string
+            if f.type in (bool, "bool") and not isinstance(getattr(self, f.name), bool):  # a string under __future__
                 raise ValueError(f"{f.name}={getattr(self, f.name)!r} must be true or false.")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed={self.seed!r} must be an int (e.g. 42), not {type(self.seed).__name__}.")
