@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -290,30 +291,53 @@ def frontier(panels: list[tuple[list[dict[str, Any]], str]], path: Path) -> None
     os.replace(tmp, path)
 
 
+MARKERS = "osD^PX*h<>pd"  # no "v": it marks a row below the axis
+
+
+def accuracy_window(values: list[float], span: float = 12.0) -> tuple[float, float]:
+    """The y range (%) the frontier shows: every mean within `span` points of the best, so that one failed row (a
+    mask phase at chance) does not squeeze the rows a user chooses between into a strip; rows below are drawn at the
+    bottom edge with their value."""
+    best = max(values)
+    shown = [v for v in values if v >= best - span]
+    return math.floor(min(shown)) - 1.5, math.ceil(best) + 1.0
+
+
 def _frontier_panel(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
-    # One colour and marker per method, density and variant; a post hoc re-evaluation (open marker) shares its trained row's
-    # colour, with an arrow from that row, and only trained rows are labelled on the plot (the legend names all).
-    styles: dict[str, int] = {}
+    # One colour per method, one marker per density and variant within it; a post hoc re-evaluation (open marker)
+    # shares its trained row's style, with an arrow from that row. Only rows without a variant are labelled on the
+    # plot (the legend names all): variants sit on top of their base row.
+    colours: dict[str, str] = {}
+    markers: dict[str, str] = {}
     trained: dict[str, tuple[float, float]] = {}
     widest = max((r["bytes_per_task"] for r in rows), default=0.0)  # the right-most point's label goes left of it
+    low, high = accuracy_window([100 * r["average_accuracy"] for r in rows]) if rows else (0.0, 100.0)
     for r in rows:
         base = accuracy.run_key(r["method"], r["density"]) + (f" [{r['variant']}]" if r.get("variant") else "")
-        index = styles.setdefault(base, len(styles))
-        colour, marker = f"C{index % 10}", "os^D"[index // 10 % 4]  # past ten rows the colours repeat: the marker differs
-        point = (r["bytes_per_task"], 100 * r["average_accuracy"])
+        colour = colours.setdefault(r["method"], f"C{len(colours) % 10}")
+        same_method = [k for k in markers if k.split("@")[0].split(" [")[0] == r["method"]]
+        marker = markers.setdefault(base, MARKERS[len(same_method) % len(MARKERS)])
+        accuracy_pct = 100 * r["average_accuracy"]
+        below = accuracy_pct < low
+        point = (r["bytes_per_task"], low + 0.3 if below else accuracy_pct)
         hollow = "post hoc" in (r.get("label") or "")
         spread = r["average_accuracy_std"]
-        ax.errorbar(*point, yerr=None if spread is None else 100 * spread, fmt=marker, capsize=3, color=colour,
-                    mfc="none" if hollow else colour, label=r["key"] + f" (n={len(r['seeds'])})")
+        ax.errorbar(*point, yerr=None if spread is None or below else 100 * spread, fmt="v" if below else marker,
+                    capsize=3, color=colour, mfc="none" if hollow else colour,
+                    label=r["key"] + f" (n={len(r['seeds'])})" + (f": {accuracy_pct:.1f}%, below the axis" if below else ""))
         if hollow:
             if base in trained:
                 ax.annotate("", xy=point, xytext=trained[base],
                             arrowprops={"arrowstyle": "->", "color": colour, "linestyle": ":"})
-        else:
-            trained[base] = point
-            right_edge = point[0] >= widest
-            ax.annotate(base, point, fontsize=7, xytext=(-4 if right_edge else 4, 4), textcoords="offset points",
-                        ha="right" if right_edge else "left")
+            continue
+        trained[base] = point
+        if r.get("variant") and not below:
+            continue
+        right_edge = point[0] >= widest
+        text = f"{base}: {accuracy_pct:.1f}% (below)" if below else base
+        ax.annotate(text, point, fontsize=7, xytext=(-4 if right_edge else 4, 4), textcoords="offset points",
+                    ha="right" if right_edge else "left")
+    ax.set_ylim(low, high)
     ax.set_xscale("log")
     ax.set_xlabel("stored bytes per task (log scale; the shared pretrained encoder and task-inference routers not counted)")
     ax.set_ylabel("average accuracy after the last task, % (mean +- std over seeds)")

@@ -140,3 +140,24 @@ def test_remeasure_storage_reads_old_checkpoints_in_the_current_format(grid, tmp
     assert measured["stored_bytes"] < raw_total and grid.serving_bytes(after) == measured["stored_bytes"]
     assert after["average_accuracy"] == 0.6 and after["stored_bytes"] == raw_total  # the cell as run is kept
     assert json.loads((results / "current.json").read_text()) == current
+
+
+def test_the_frontier_shows_the_rows_near_the_best_and_puts_a_failed_row_at_the_bottom_edge(grid, tmp_path):
+    """A mask phase at chance (29.6% here) must not squeeze the rows a user chooses between (64 to 69%) into a strip:
+    the window keeps every mean within 12 points of the best; the failed row is drawn at the bottom, named with its value."""
+    assert grid.accuracy_window([69.1, 64.2, 58.9, 29.6]) == (56.5, 71.0)
+    assert grid.accuracy_window([50.0]) == (48.5, 51.0)
+    results = tmp_path / "grid_cpu"
+    results.mkdir()
+    for i, r in enumerate([run("supsup", 0.1, 42, 0.30), run("exssnet", 0.1, 42, 0.66), run("lora", None, 42, 0.67)]):
+        (results / f"r{i}.json").write_text(json.dumps(r))
+    grid.report(results, tmp_path / "frontier_cpu.png")
+    assert (tmp_path / "frontier_cpu.png").stat().st_size > 10_000
+    from matplotlib.figure import Figure
+
+    ax = Figure().add_subplot()
+    grid._frontier_panel(ax, json.loads((results / "summary.json").read_text())["rows"], "t")
+    assert ax.get_ylim() == (64.5, 68.0)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "supsup@0.1 (n=1): 30.0%, below the axis" in legend
+    assert any(t.get_text() == "supsup@0.1: 30.0% (below)" for t in ax.texts)
