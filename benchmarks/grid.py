@@ -82,7 +82,8 @@ def cells(only: str, methods: list[str] | None, densities: list[float], seeds: l
     if only == "decisive":
         first = list(DECISIVE)
     else:
-        first = [c for c in DECISIVE if methods is None or c[0] in methods]
+        # the decisive cells run first only where --methods and --densities ask for them
+        first = [c for c in DECISIVE if (methods is None or c[0] in methods) and (c[1] is None or c[1] in densities)]
     rest = [c for c in accuracy.grid(methods or accuracy.all_methods(), densities) if c not in first]
     out = [(m, d, s) for m, d in first for s in seeds]
     if only != "decisive":

@@ -161,3 +161,11 @@ def test_the_frontier_shows_the_rows_near_the_best_and_puts_a_failed_row_at_the_
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "supsup@0.1 (n=1): 30.0%, below the axis" in legend
     assert any(t.get_text() == "supsup@0.1: 30.0% (below)" for t in ax.texts)
+
+
+def test_cells_run_the_decisive_ones_first_and_only_where_the_densities_ask(grid):
+    """`--methods exssnet --densities 0.3` ran exssnet@0.1 first (a decisive cell) before this was fixed."""
+    assert grid.cells("all", ["exssnet"], [0.3], [42]) == [("exssnet", 0.3, 42)]
+    assert grid.cells("all", ["exssnet", "lora"], [0.3, 0.1], [42]) == [
+        ("exssnet", 0.1, 42), ("lora", None, 42), ("exssnet", 0.3, 42)]
+    assert grid.cells("decisive", None, [0.3], [42])[:2] == [("exssnet", 0.1, 42), ("supsup", 0.1, 42)]
