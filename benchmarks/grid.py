@@ -310,14 +310,17 @@ def _frontier_panel(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
     # plot (the legend names all): variants sit on top of their base row.
     colours: dict[str, str] = {}
     markers: dict[str, str] = {}
+    taken: dict[str, int] = {}  # markers given out per method
     trained: dict[str, tuple[float, float]] = {}
     widest = max((r["bytes_per_task"] for r in rows), default=0.0)  # the right-most point's label goes left of it
     low, high = accuracy_window([100 * r["average_accuracy"] for r in rows]) if rows else (0.0, 100.0)
     for r in rows:
         base = accuracy.run_key(r["method"], r["density"]) + (f" [{r['variant']}]" if r.get("variant") else "")
         colour = colours.setdefault(r["method"], f"C{len(colours) % 10}")
-        same_method = [k for k in markers if k.split("@")[0].split(" [")[0] == r["method"]]
-        marker = markers.setdefault(base, MARKERS[len(same_method) % len(MARKERS)])
+        if base not in markers:
+            taken[r["method"]] = taken.get(r["method"], 0) + 1
+            markers[base] = MARKERS[(taken[r["method"]] - 1) % len(MARKERS)]
+        marker = markers[base]
         accuracy_pct = 100 * r["average_accuracy"]
         below = accuracy_pct < low
         point = (r["bytes_per_task"], low + 0.3 if below else accuracy_pct)
