@@ -68,6 +68,10 @@ VARIANTS: dict[str, list[str]] = {
     # head), alpha kept at 2 * r as at the default rank 8. Is exssnet@0.5 ahead of lora at the same bytes?
     "r48": ["--r", "48", "--lora_alpha", "96"],
 }
+# Variants whose flags every method accepts (trainer-wide settings) but only these methods' phases read.
+MASK_PHASE = ("supsup", "ssnet", "exssnet", "exssnet+kkt")  # a "mask" phase: mask_optimizer, mask_lr_scheduler
+VARIANT_METHODS: dict[str, tuple[str, ...]] = {"epochs4": (*MASK_PHASE, "wsn"), "epochs4_best": (*MASK_PHASE, "wsn"),
+                                               "sgd_masks": MASK_PHASE}
 DECISIVE = [("exssnet", 0.1), ("supsup", 0.1), ("lora", None), ("independent", None), ("finetune", None)]
 
 
@@ -92,6 +96,22 @@ def cells(only: str, methods: list[str] | None, densities: list[float], seeds: l
     if only != "decisive":
         out += [(m, d, s) for m, d in rest for s in seeds]
     return out
+
+
+def varied_cells(todo: list[tuple[str, float | None, int]], variant: str) -> list[tuple[str, float | None, int]]:
+    """The cells a variant changes. A method that does not know one of its flags (the runner leaves other methods'
+    flags out), or that `VARIANT_METHODS` leaves out, would run its defaults under the variant's name: skipped, with a
+    line saying so."""
+    kept = []
+    for method in dict.fromkeys(m for m, _, _ in todo):
+        dropped = accuracy.method_flags(method, VARIANTS[variant])[1]
+        if dropped:
+            log(f"skip {method} [{variant}]: {method} has no {' '.join(f for f in dropped if f.startswith('--'))}")
+        elif method not in VARIANT_METHODS.get(variant, (method,)):
+            log(f"skip {method} [{variant}]: only {', '.join(VARIANT_METHODS[variant])} read its settings")
+        else:
+            kept.append(method)
+    return [c for c in todo if c[0] in kept]
 
 
 def run_cell(opts: argparse.Namespace, extra: list[str], method: str, density: float | None, seed: int) -> dict[str, Any]:
@@ -446,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     todo = cells(opts.only, methods, [float(d) for d in opts.densities.split(",")],
                  [int(s) for s in opts.seeds.split(",")])
     todo = [c for i, c in enumerate(todo) if i % lanes == lane]
+    if opts.variant:
+        todo = varied_cells(todo, opts.variant)
     opts.results_dir.mkdir(parents=True, exist_ok=True)
     done, launched = 0, time.monotonic()
     for method, density, seed in todo:
