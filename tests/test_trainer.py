@@ -129,6 +129,27 @@ def test_dense_baselines_have_their_own_learning_rate(tiny_model_dir, tasks, tmp
     assert learning_rate(trainer.args, phase.learning_rate, phase.name) == 2e-5
 
 
+def test_phase_epochs_default_to_the_methods_measured_ones(tmp_path):
+    """Unset epochs resolve per method (supsup: 4 mask epochs, the grid's best for it; else 2 + 2) and are recorded
+    resolved; a value the run sets, on the command line or as YAML null, is the run's."""
+    from exssnet_nlp.training import ContinualTrainingArguments
+
+    for method, expected in (("supsup", (4.0, 2.0)), ("exssnet", (2.0, 2.0)), ("wsn", (2.0, 2.0)), ("lora", (2.0, 2.0))):
+        args = ContinualTrainingArguments(model_name_or_path="x", method=method)
+        assert (args.mask_epochs, args.weight_epochs) == expected, method
+        assert args.to_dict()["mask_epochs"] == expected[0]
+    assert ContinualTrainingArguments(model_name_or_path="x", method="supsup", mask_epochs=1).mask_epochs == 1
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"model_name_or_path": "x", "method": "supsup", "mask_epochs": None, "tasks": ["ag_news"]}))
+    assert load_training_config(str(path), [])[0].mask_epochs == 4
+    assert load_training_config(str(path), ["--mask_epochs", "3"])[0].mask_epochs == 3
+    with pytest.raises(ValueError, match="only mask_epochs and weight_epochs"):
+        from exssnet_nlp.methods import register_method
+        from exssnet_nlp.methods.dense.config import DenseConfig
+
+        register_method("bad_epochs", DenseConfig, "x:Y", epochs={"head_epochs": 3})
+
+
 def test_yaml_config_and_cli_overrides(tiny_model_dir, tasks, tmp_path):
     config = {"model_name_or_path": tiny_model_dir, "method": "exssnet", "density": 0.1, "tasks": tasks,
               "mask_epochs": 1, "weight_epochs": 1, "per_device_train_batch_size": 16, "max_length": 16, "pooling": "mean",

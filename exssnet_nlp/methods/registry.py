@@ -34,6 +34,9 @@ class MethodSpec:
     model: type | str  # the class, or "package.module:Class", imported on first use (configs and --help need no torch)
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    # The trainer's phase epochs this method trains by default (`mask_epochs`, `weight_epochs`), where its measured
+    # best differs from the trainer's default.
+    epochs: dict[str, float] = field(default_factory=dict)
 
     @property
     def model_class(self) -> type:
@@ -70,11 +73,12 @@ def _check_model_class(model_class: type) -> None:
 
 
 def register_method(name: str, config_class: type, model_class: type | str, *, defaults: dict[str, Any] | None = None,
-                    description: str = "") -> MethodSpec:
+                    description: str = "", epochs: dict[str, float] | None = None) -> MethodSpec:
     """Make method `name` available to the trainer, the CLI and checkpoint loading.
 
     `model_class` may be given as "package.module:Class": it is then imported on first use, so reading the
-    method's settings (YAML, `--help`) does not import torch.
+    method's settings (YAML, `--help`) does not import torch. `epochs` gives the method's own default of the
+    trainer's `mask_epochs` / `weight_epochs` (used when the run leaves them unset).
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"method name {name!r} must be an identifier (letters, digits, underscores).")
@@ -85,7 +89,10 @@ def register_method(name: str, config_class: type, model_class: type | str, *, d
         _check_model_class(model_class)
     if name in _REGISTRY and _REGISTRY[name].model != model_class and _REGISTRY[name].model_class is not model_class:
         raise ValueError(f"method {name!r} is already registered to {_REGISTRY[name].model_class.__name__}.")
-    spec = MethodSpec(name, config_class, model_class, dict(defaults or {}), description)
+    unknown = sorted(set(epochs or {}) - {"mask_epochs", "weight_epochs"})
+    if unknown:
+        raise ValueError(f"epochs={epochs!r}: only mask_epochs and weight_epochs have per-method defaults, not {unknown}.")
+    spec = MethodSpec(name, config_class, model_class, dict(defaults or {}), description, dict(epochs or {}))
     _REGISTRY[name] = spec
     return spec
 

@@ -9,7 +9,8 @@ register_method("exssnet", ExSSNetConfig, MODEL, defaults={"method": "exssnet"},
                 description="A mask per task, then training of the masked weights no earlier task uses (zero forgetting).")
 register_method("ssnet", ExSSNetConfig, MODEL, defaults={"method": "ssnet"},
                 description="A mask per task, then training of every masked weight (forgets: the ablation of exssnet).")
-register_method("supsup", ExSSNetConfig, MODEL, defaults={"method": "supsup"},
+# 4 mask epochs: +2.35 points for supsup on the evidence grid (three seeds), -0.27 for exssnet (whose 2 + 2 stays).
+register_method("supsup", ExSSNetConfig, MODEL, defaults={"method": "supsup"}, epochs={"mask_epochs": 4},
                 description="A mask per task over fixed weights (SupSup, Wortsman et al. 2020; zero forgetting).")
 
 __getattr__, __dir__ = lazy_exports(__name__, {"ExSSNetModel": ".model", "SupermaskLinear": ".layer",
