@@ -67,6 +67,8 @@ VARIANTS: dict[str, list[str]] = {
     # lora only: rank 48 on the feed-forward layers stores about as many bytes per task as exssnet@0.5 (2.8 MB with the
     # head), alpha kept at 2 * r as at the default rank 8. Is exssnet@0.5 ahead of lora at the same bytes?
     "r48": ["--r", "48", "--lora_alpha", "96"],
+    # lora only: rank 16 (1.34 MB per task), just above exssnet@0.1's bytes (1.22 MB).
+    "r16": ["--r", "16", "--lora_alpha", "32"],
 }
 # Variants whose flags every method accepts (trainer-wide settings) but only these methods' phases read.
 MASK_PHASE = ("supsup", "ssnet", "exssnet", "exssnet+kkt")  # a "mask" phase: mask_optimizer, mask_lr_scheduler

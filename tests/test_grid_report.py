@@ -174,7 +174,8 @@ def test_cells_run_the_decisive_ones_first_and_only_where_the_densities_ask(grid
 def test_a_variant_runs_only_where_the_method_knows_its_flags(grid):
     """`--variant r48` (lora's rank) on supsup would have run supsup's defaults under the name `supsup[r48]`."""
     todo = [("lora", None, 42), ("supsup", 0.1, 42), ("exssnet", 0.1, 42), ("lora", None, 43)]
-    assert grid.varied_cells(todo, "r48") == [("lora", None, 42), ("lora", None, 43)]
+    for lora_variant in ("r16", "r48"):
+        assert grid.varied_cells(todo, lora_variant) == [("lora", None, 42), ("lora", None, 43)]
     assert grid.varied_cells(todo, "kaiming") == [("supsup", 0.1, 42), ("exssnet", 0.1, 42)]  # lora: no --score_init
     # every method accepts --mask_epochs (a trainer setting); lora has no mask phase to read it
     assert grid.varied_cells(todo, "epochs4") == [("supsup", 0.1, 42), ("exssnet", 0.1, 42)]
