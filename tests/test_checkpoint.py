@@ -636,6 +636,23 @@ def test_a_run_and_a_checkpoint_saved_with_the_former_all_layers_default_keep_it
     assert loaded.config.target_modules is None and sorted(loaded.supermask_layers()) == sorted(old.supermask_layers())
 
 
+def test_a_run_saved_with_the_former_density_default_resumes_with_it() -> None:
+    """density defaulted to 0.1 before 0.5 (the grid's most accurate for exssnet and supsup); wsn keeps 0.1."""
+    from exssnet_nlp.methods.wsn.config import WSNConfig
+    from exssnet_nlp.training.arguments import ContinualTrainingArguments, resume_differences
+    from exssnet_nlp.training.resume import _keep_predating_settings
+
+    assert ExSSNetConfig().density == 0.5 and WSNConfig().density == 0.1
+    now = ContinualTrainingArguments.from_dict({"output_dir": "unused", "method": "supsup"})
+    saved = now.to_dict()
+    saved["method_config"] = {**saved["method_config"], "density": 0.1}
+    _keep_predating_settings(saved, now)
+    assert now.method_config.density == 0.1 and resume_differences(saved, now.to_dict()) == []
+    explicit = ContinualTrainingArguments.from_dict({"output_dir": "unused", "method": "supsup", "density": 0.3})
+    _keep_predating_settings(saved, explicit)
+    assert resume_differences(saved, explicit.to_dict()) == ["method_config.density: 0.1 -> 0.3"]
+
+
 def test_bad_values_dtype_refused() -> None:
     with pytest.raises(ValueError, match="values_dtype='int8'.*float16, bfloat16"):
         ExSSNetConfig(values_dtype="int8")

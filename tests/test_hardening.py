@@ -142,11 +142,12 @@ def crashed_run(model_dir, out, tasks, **settings):
 
 def test_resume_with_other_settings_is_refused(tiny_model_dir, small_tasks, tmp_path):
     crashed_run(tiny_model_dir, tmp_path / "run", small_tasks)
-    args = make_args(tiny_model_dir, tmp_path / "run", "supsup", mask_epochs=1, weight_epochs=1, density=0.5, seed=7)
+    # (0.3: a run saved with density 0.1, the former default, keeps it when the command gives today's, 0.5)
+    args = make_args(tiny_model_dir, tmp_path / "run", "supsup", mask_epochs=1, weight_epochs=1, density=0.3, seed=7)
     with pytest.raises(ValueError) as err:
         ContinualTrainer(build_model(args), args, small_tasks).train()
     message = str(err.value)
-    for expected in ("method: 'exssnet' -> 'supsup'", "method_config.density: 0.1 -> 0.5", "seed: 0 -> 7",
+    for expected in ("method: 'exssnet' -> 'supsup'", "method_config.density: 0.1 -> 0.3", "seed: 0 -> 7",
                      "--overwrite_output_dir true", "re-run with the saved settings"):
         assert expected in message, (expected, message)
     assert not (tmp_path / "run" / "results.json").exists()

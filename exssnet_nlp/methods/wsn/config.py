@@ -19,5 +19,8 @@ class WSNConfig(ExSSNetConfig):
 
     allowed_methods: ClassVar[tuple[str, ...]] = ("wsn",)
 
+    density: float = field(default=0.1, metadata={
+        "help": "Fraction of each targeted layer's weights that a task's mask keeps (0 < density <= 1). Default 0.1: "
+                "wsn was not run at 0.5, where exssnet and supsup measured best."})
     method: str = field(default="wsn", metadata={
         "help": "wsn (one phase: the mask and the weights no earlier task uses are learned together; zero forgetting)."})
