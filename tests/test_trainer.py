@@ -143,6 +143,18 @@ def test_phase_epochs_default_to_the_methods_measured_ones(tmp_path):
     path.write_text(yaml.safe_dump({"model_name_or_path": "x", "method": "supsup", "mask_epochs": None, "tasks": ["ag_news"]}))
     assert load_training_config(str(path), [])[0].mask_epochs == 4
     assert load_training_config(str(path), ["--mask_epochs", "3"])[0].mask_epochs == 3
+    # A run saved with other epochs (1 + 1, the former default) resumes with them when the command leaves them unset.
+    from exssnet_nlp.training.arguments import resume_differences
+    from exssnet_nlp.training.resume import _keep_predating_settings
+
+    saved = {**ContinualTrainingArguments(model_name_or_path="x", method="exssnet").to_dict(), "mask_epochs": 1.0,
+             "weight_epochs": 1.0}
+    now = ContinualTrainingArguments(model_name_or_path="x", method="exssnet")
+    _keep_predating_settings(saved, now)
+    assert (now.mask_epochs, now.weight_epochs) == (1.0, 1.0) and resume_differences(saved, now.to_dict()) == []
+    explicit = ContinualTrainingArguments(model_name_or_path="x", method="exssnet", mask_epochs=3)
+    _keep_predating_settings(saved, explicit)
+    assert resume_differences(saved, explicit.to_dict()) == ["mask_epochs: 1.0 -> 3"]
     with pytest.raises(ValueError, match="only mask_epochs and weight_epochs"):
         from exssnet_nlp.methods import register_method
         from exssnet_nlp.methods.dense.config import DenseConfig

@@ -132,9 +132,9 @@ class ContinualTrainingArguments:
         _integer("dataloader_num_workers", self.dataloader_num_workers, minimum=0)
         _integer("restart_stuck_tasks", self.restart_stuck_tasks, minimum=0)
         _number("stuck_margin", self.stuck_margin, "must be a fraction in [0, 1] (e.g. 0.05)", lambda v: 0 <= v <= 1)
-        for name in ("mask_epochs", "weight_epochs"):
-            if getattr(self, name) is None:
-                setattr(self, name, spec.epochs.get(name, DEFAULT_EPOCHS))
+        self.defaulted_epochs = tuple(n for n in ("mask_epochs", "weight_epochs") if getattr(self, n) is None)
+        for name in self.defaulted_epochs:  # resume keeps a saved run's epochs for these (training/resume.py)
+            setattr(self, name, spec.epochs.get(name, DEFAULT_EPOCHS))
         for name in ("mask_epochs", "weight_epochs", "weight_decay"):
             _number(name, getattr(self, name), "must be a finite number >= 0", lambda v: v >= 0)
         for name in ("mask_learning_rate", "weight_learning_rate", "dense_learning_rate", "head_learning_rate"):
