@@ -155,10 +155,10 @@ def test_phase_epochs_default_to_the_methods_measured_ones(tmp_path):
     explicit = ContinualTrainingArguments(model_name_or_path="x", method="exssnet", mask_epochs=3)
     _keep_predating_settings(saved, explicit)
     assert resume_differences(saved, explicit.to_dict()) == ["mask_epochs: 1.0 -> 3"]
-    with pytest.raises(ValueError, match="only mask_epochs and weight_epochs"):
-        from exssnet_nlp.methods import register_method
-        from exssnet_nlp.methods.dense.config import DenseConfig
+    from exssnet_nlp.methods import register_method
+    from exssnet_nlp.methods.dense.config import DenseConfig
 
+    with pytest.raises(ValueError, match="only mask_epochs and weight_epochs"):
         register_method("bad_epochs", DenseConfig, "x:Y", epochs={"head_epochs": 3})
 
 
