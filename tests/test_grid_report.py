@@ -181,3 +181,13 @@ def test_a_variant_runs_only_where_the_method_knows_its_flags(grid):
     assert grid.varied_cells(todo, "epochs4") == [("supsup", 0.1, 42), ("exssnet", 0.1, 42)]
     assert grid.varied_cells([("wsn", 0.1, 42)], "epochs4") == [("wsn", 0.1, 42)]
     assert grid.varied_cells([("wsn", 0.1, 42)], "sgd_masks") == []  # wsn's joint phase keeps AdamW
+    # supsup has no weight phase; lora's adapter reads adapter_learning_rate
+    assert grid.varied_cells(todo, "wlr1e4") == [("exssnet", 0.1, 42)]
+
+
+def test_a_cells_setting_is_the_last_of_its_flags(grid):
+    """A variant's flags follow the budget's and win when the cell runs; the report must read the same value."""
+    overrides = ["--weight_learning_rate", "1e-3", "--max_length", "64", "--weight_learning_rate", "1e-4", "--seed", "42"]
+    assert grid.setting({"overrides": overrides}, "weight_learning_rate") == "1e-4"
+    assert grid.setting({"overrides": overrides}, "load_best_in_phase") is None
+    assert grid.setting({"config": {"weight_learning_rate": 5e-5}, "overrides": overrides}, "weight_learning_rate") == 5e-5
