@@ -1,4 +1,4 @@
-"""`WSNConfig`: the supermask settings (`ExSSNetConfig`) for `wsn`; only the method name differs."""
+"""`WSNConfig`: the supermask settings (`ExSSNetConfig`) for `wsn`; the method name and the density default (0.1) differ."""
 
 from __future__ import annotations
 
