@@ -21,6 +21,9 @@ from typing import Any
 
 _REGISTRY: dict[str, MethodSpec] = {}
 PLUGIN_GROUP, PLUGIN_ENV = "exssnet_nlp.methods", "EXSSNET_NLP_PLUGINS"
+# Trainer settings a method may default for itself, with the trainer's default where it does not: the evidence
+# grid's 2 + 2 epochs, at which every method was compared, and each phase's last state kept.
+TRAINER_DEFAULTS: dict[str, Any] = {"mask_epochs": 2.0, "weight_epochs": 2.0, "load_best_in_phase": False}
 _plugins_loaded = False
 logger = logging.getLogger("exssnet_nlp")
 
@@ -34,9 +37,9 @@ class MethodSpec:
     model: type | str  # the class, or "package.module:Class", imported on first use (configs and --help need no torch)
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
-    # The trainer's phase epochs this method trains by default (`mask_epochs`, `weight_epochs`), where its measured
-    # best differs from the trainer's default.
-    epochs: dict[str, float] = field(default_factory=dict)
+    # The trainer settings this method trains with by default (names in TRAINER_DEFAULTS), where its measured best
+    # differs from the trainer's default.
+    trainer_defaults: dict[str, Any] = field(default_factory=dict)
 
     @property
     def model_class(self) -> type:
@@ -73,12 +76,13 @@ def _check_model_class(model_class: type) -> None:
 
 
 def register_method(name: str, config_class: type, model_class: type | str, *, defaults: dict[str, Any] | None = None,
-                    description: str = "", epochs: dict[str, float] | None = None) -> MethodSpec:
+                    description: str = "", trainer_defaults: dict[str, Any] | None = None) -> MethodSpec:
     """Make method `name` available to the trainer, the CLI and checkpoint loading.
 
     `model_class` may be given as "package.module:Class": it is then imported on first use, so reading the
-    method's settings (YAML, `--help`) does not import torch. `epochs` gives the method's own default of the
-    trainer's `mask_epochs` / `weight_epochs` (used when the run leaves them unset).
+    method's settings (YAML, `--help`) does not import torch. `trainer_defaults` gives the method's own default of
+    trainer settings named in `TRAINER_DEFAULTS` (`mask_epochs`, `weight_epochs`, `load_best_in_phase`), used when
+    the run leaves them unset.
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"method name {name!r} must be an identifier (letters, digits, underscores).")
@@ -89,10 +93,11 @@ def register_method(name: str, config_class: type, model_class: type | str, *, d
         _check_model_class(model_class)
     if name in _REGISTRY and _REGISTRY[name].model != model_class and _REGISTRY[name].model_class is not model_class:
         raise ValueError(f"method {name!r} is already registered to {_REGISTRY[name].model_class.__name__}.")
-    unknown = sorted(set(epochs or {}) - {"mask_epochs", "weight_epochs"})
+    unknown = sorted(set(trainer_defaults or {}) - set(TRAINER_DEFAULTS))
     if unknown:
-        raise ValueError(f"epochs={epochs!r}: only mask_epochs and weight_epochs have per-method defaults, not {unknown}.")
-    spec = MethodSpec(name, config_class, model_class, dict(defaults or {}), description, dict(epochs or {}))
+        raise ValueError(f"trainer_defaults={trainer_defaults!r}: only {', '.join(TRAINER_DEFAULTS)} have per-method "
+                         f"defaults, not {unknown}.")
+    spec = MethodSpec(name, config_class, model_class, dict(defaults or {}), description, dict(trainer_defaults or {}))
     _REGISTRY[name] = spec
     return spec
 

@@ -20,15 +20,14 @@ from typing import Any
 
 from ..kkt.config import KKTConfig
 from ..methods.config import MethodConfig
-from ..methods.registry import MethodSpec, get_method, method_names
+from ..methods.registry import TRAINER_DEFAULTS, MethodSpec, get_method, method_names
 from ..references import resolve_reference
 
 logger = logging.getLogger(__name__)
 DEFAULT_METHOD = "exssnet"
 # Set from the run's own field of the same name, never per method: one seed per run.
 _SHARED_FIELDS = ("seed",)
-# Phase epochs neither the run nor the method sets: the evidence grid's 2 + 2, every method's measured setting.
-DEFAULT_EPOCHS = 2.0
+DEFAULT_EPOCHS = TRAINER_DEFAULTS["mask_epochs"]  # phase epochs neither the run nor the method sets
 
 
 @dataclass
@@ -63,8 +62,7 @@ class ContinualTrainingArguments:
         "help": f"Epochs of a mask phase (supermask methods, wsn). Default (null): the method's, {DEFAULT_EPOCHS:g} "
                 "(supsup: 4, which raised its accuracy 2.35 points on the evidence grid)."})
     weight_epochs: float | None = field(default=None, metadata={
-        "help": f"Epochs of a weight phase, and of the dense and adapter phases. Default (null): the method's, "
-                f"{DEFAULT_EPOCHS:g}."})
+        "help": f"Epochs of a weight phase, and of the dense and adapter phases. Default (null): the method's, {DEFAULT_EPOCHS:g}."})
     # Adam moves every score by ~lr per step; scores start at |w| (~0.04 in BERT-family layers), so 1e-2
     # reshuffles the mask every step and nothing is learned (measured on MiniLM/BBC: chance vs 79%).
     mask_learning_rate: float = field(default=1e-3, metadata={"help": "LR of a mask phase (the scores)."})
@@ -86,10 +84,10 @@ class ContinualTrainingArguments:
         "help": "Examples per class held out of training for the learning curve."})
     eval_samples_per_class: int | None = field(default=None, metadata={"help": "Cap on test examples per class."})
     evaluations_per_phase: int = field(default=1, metadata={"help": "Validation points per phase (the learning curve)."})
-    load_best_in_phase: bool = field(default=False, metadata={
+    load_best_in_phase: bool | None = field(default=None, metadata={
         "help": "Per phase, keep what it trains at its best validation point, the phase's start included (a weight phase "
                 "that lowers validation accuracy is undone), as transformers' load_best_model_at_end does per run; "
-                "evaluations_per_phase sets the points. Off by default: within the noise on the grid (66.40 on, 66.27 off)."})
+                "evaluations_per_phase sets the points. Default (null): the method's: on for exssnet (+0.97 on the grid), else off."})
     # Adam on scores sometimes leaves a whole mask phase at chance (Amazon in two gap-study variants): a restart
     # with another head init and data order costs one phase and rescues the task; it never fires on a phase that learns.
     restart_stuck_tasks: int = field(default=1, metadata={
@@ -132,9 +130,11 @@ class ContinualTrainingArguments:
         _integer("dataloader_num_workers", self.dataloader_num_workers, minimum=0)
         _integer("restart_stuck_tasks", self.restart_stuck_tasks, minimum=0)
         _number("stuck_margin", self.stuck_margin, "must be a fraction in [0, 1] (e.g. 0.05)", lambda v: 0 <= v <= 1)
-        self.defaulted_epochs = tuple(n for n in ("mask_epochs", "weight_epochs") if getattr(self, n) is None)
-        for name in self.defaulted_epochs:  # resume keeps a saved run's epochs for these (training/resume.py)
-            setattr(self, name, spec.epochs.get(name, DEFAULT_EPOCHS))
+        self.defaulted = tuple(n for n in TRAINER_DEFAULTS if getattr(self, n) is None)  # resume keeps the saved run's
+        for name in self.defaulted:
+            setattr(self, name, spec.trainer_defaults.get(name, TRAINER_DEFAULTS[name]))
+        if not isinstance(self.load_best_in_phase, bool):
+            raise ValueError(f"load_best_in_phase={self.load_best_in_phase!r} must be true or false.")
         for name in ("mask_epochs", "weight_epochs", "weight_decay"):
             _number(name, getattr(self, name), "must be a finite number >= 0", lambda v: v >= 0)
         for name in ("mask_learning_rate", "weight_learning_rate", "dense_learning_rate", "head_learning_rate"):

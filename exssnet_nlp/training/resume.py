@@ -18,10 +18,10 @@ CHECKPOINT_DIR = "checkpoint"
 def _keep_predating_settings(saved_args: dict[str, Any], args: Any) -> None:
     """A run saved before a method-config field existed continues with what the field meant then (`predating`), and
     one saved with a field's former default keeps it (`former_defaults`), unless the command now sets the field away
-    from today's default: then it is a difference, and resume refuses it. Phase epochs the command leaves unset are
-    the saved run's (their default is per method and changed once)."""
-    for name in getattr(args, "defaulted_epochs", ()):  # left unset now: the saved run's epochs, not today's default
-        if isinstance(saved_args.get(name), (int, float)):
+    from today's default: then it is a difference, and resume refuses it. Trainer settings a method defaults
+    (`TRAINER_DEFAULTS`: phase epochs, load_best_in_phase) that the command leaves unset are the saved run's."""
+    for name in getattr(args, "defaulted", ()):  # left unset now: the saved run's value, not today's default
+        if isinstance(saved_args.get(name), (int, float)):  # bool included
             setattr(args, name, saved_args[name])
     config, saved_config = args.method_config, saved_args.get("method_config")
     if not isinstance(config, MethodConfig) or not isinstance(saved_config, dict):
