@@ -653,6 +653,28 @@ def test_a_run_saved_with_the_former_density_default_resumes_with_it() -> None:
     assert resume_differences(saved, explicit.to_dict()) == ["method_config.density: 0.1 -> 0.3"]
 
 
+def test_ssnet_has_its_own_density_default_and_resumes_a_run_saved_with_the_former_one() -> None:
+    """ssnet@0.5 was 1.84 points below ssnet@0.1 on the grid (three seeds), so ssnet's default is 0.1, in its own
+    config class; a run saved with 0.5 (its default for two sessions) resumes with 0.5 when the command leaves it unset."""
+    from exssnet_nlp import get_method
+    from exssnet_nlp.methods.supermask import SSNetConfig
+    from exssnet_nlp.training.arguments import ContinualTrainingArguments, resume_differences
+    from exssnet_nlp.training.resume import _keep_predating_settings
+
+    now = ContinualTrainingArguments.from_dict({"output_dir": "unused", "method": "ssnet"})
+    assert isinstance(now.method_config, SSNetConfig) and now.method_config.density == 0.1
+    assert ContinualTrainingArguments.from_dict({"output_dir": "unused", "method": "exssnet"}).method_config.density == 0.5
+    # an ExSSNetConfig built for ssnet (the class ssnet shared before) still configures it, with its own values
+    config = get_method("ssnet").make_config(ExSSNetConfig(method="ssnet", density=0.3))
+    assert isinstance(config, SSNetConfig) and config.density == 0.3
+    with pytest.raises(ValueError, match="method"):
+        SSNetConfig(method="exssnet")
+    saved = now.to_dict()
+    saved["method_config"] = {**saved["method_config"], "density": 0.5}
+    _keep_predating_settings(saved, now)
+    assert now.method_config.density == 0.5 and resume_differences(saved, now.to_dict()) == []
+
+
 def test_bad_values_dtype_refused() -> None:
     with pytest.raises(ValueError, match="values_dtype='int8'.*float16, bfloat16"):
         ExSSNetConfig(values_dtype="int8")

@@ -56,7 +56,7 @@ class MethodSpec:
 
     def make_config(self, values: dict[str, Any] | Any | None = None, **overrides: Any) -> Any:
         """The method's config from a dict (or a config instance), with the values its name implies."""
-        if isinstance(values, self.config_class):
+        if hasattr(values, "to_dict"):  # a config instance, this method's class or a parent's (ExSSNetConfig for ssnet)
             values = values.to_dict()
         data = {**dict(values or {}), **overrides}
         clash = {k: v for k, v in self.defaults.items() if k in data and data[k] != v}

@@ -2,14 +2,14 @@
 
 from ...lazy import lazy_exports
 from ..registry import register_method
-from .config import ExSSNetConfig
+from .config import ExSSNetConfig, SSNetConfig
 
 MODEL = "exssnet_nlp.methods.supermask.model:ExSSNetModel"  # imported on first use (torch)
 # Each phase keeps its best validation point: +0.97 for exssnet@0.5 on the evidence grid (three seeds; its weight
 # phase lowered ag_news, the task that owns its whole mask).
 register_method("exssnet", ExSSNetConfig, MODEL, defaults={"method": "exssnet"}, trainer_defaults={"load_best_in_phase": True},
                 description="A mask per task, then training of the masked weights no earlier task uses (zero forgetting).")
-register_method("ssnet", ExSSNetConfig, MODEL, defaults={"method": "ssnet"},
+register_method("ssnet", SSNetConfig, MODEL, defaults={"method": "ssnet"},
                 description="A mask per task, then training of every masked weight (forgets: the ablation of exssnet).")
 # 4 mask epochs: +2.35 points for supsup on the evidence grid (three seeds), -0.27 for exssnet (whose 2 + 2 stays).
 register_method("supsup", ExSSNetConfig, MODEL, defaults={"method": "supsup"},
@@ -18,4 +18,4 @@ register_method("supsup", ExSSNetConfig, MODEL, defaults={"method": "supsup"},
 
 __getattr__, __dir__ = lazy_exports(__name__, {"ExSSNetModel": ".model", "SupermaskLinear": ".layer",
                                                "TaskLayerNorm": ".layer"}, globals())
-__all__ = ["ExSSNetConfig", "ExSSNetModel", "SupermaskLinear", "TaskLayerNorm"]
+__all__ = ["ExSSNetConfig", "ExSSNetModel", "SSNetConfig", "SupermaskLinear", "TaskLayerNorm"]
