@@ -110,9 +110,11 @@ def test_config_json_round_trip():
     assert ExSSNetConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(ValueError, match="Unknown ExSSNetConfig field"):
         ExSSNetConfig.from_dict({"densty": 0.1})
-    # The registry builds the same config from a dict or an instance; the method name implies `method`.
+    # The registry builds the same config from a dict or an instance (ssnet's own class, SSNetConfig, with the same
+    # values); the method name implies `method`.
     spec = get_method("ssnet")
-    assert spec.make_config(config.to_dict()) == spec.make_config(config) == config
+    made = spec.make_config(config.to_dict())
+    assert made == spec.make_config(config) and type(made).__name__ == "SSNetConfig" and made.to_dict() == config.to_dict()
     assert get_method("supsup").make_config({"density": 0.05}).method == "supsup"
     with pytest.raises(ValueError, match="implies"):
         get_method("supsup").make_config({"method": "exssnet"})
