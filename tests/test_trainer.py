@@ -163,9 +163,11 @@ def test_phase_epochs_default_to_the_methods_measured_ones(tmp_path):
         register_method("bad_epochs", DenseConfig, "x:Y", trainer_defaults={"head_epochs": 3})
 
 
-def test_exssnet_keeps_each_phases_best_point_by_default(tmp_path):
-    """load_best_in_phase resolves per method (exssnet: on, measured +0.97 on the grid; every other method: off), a
-    value the run sets is the run's, and a run saved with it off resumes with it off when the command leaves it unset."""
+def test_exssnet_keeps_each_phases_best_point_by_default_where_it_helped(tmp_path):
+    """load_best_in_phase resolves per method and, for exssnet, per density (on at its default 0.5, measured +0.97 on
+    the grid; off at 0.1, measured -0.72; every other method: off), a value the run sets is the run's, and a run saved
+    with it off resumes with it off when the command leaves it unset."""
+    from exssnet_nlp.methods.supermask import BEST_IN_PHASE_FROM_DENSITY
     from exssnet_nlp.training import ContinualTrainingArguments
     from exssnet_nlp.training.arguments import resume_differences
     from exssnet_nlp.training.resume import _keep_predating_settings
@@ -173,11 +175,18 @@ def test_exssnet_keeps_each_phases_best_point_by_default(tmp_path):
     for method, expected in (("exssnet", True), ("ssnet", False), ("supsup", False), ("wsn", False), ("lora", False)):
         args = ContinualTrainingArguments(model_name_or_path="x", method=method)
         assert args.load_best_in_phase is expected and args.to_dict()["load_best_in_phase"] is expected, method
+    for density, expected in ((0.05, False), (0.1, False), (BEST_IN_PHASE_FROM_DENSITY, True), (0.5, True), (0.7, True)):
+        args = ContinualTrainingArguments(model_name_or_path="x", method="exssnet", method_config={"density": density})
+        assert args.load_best_in_phase is expected and "load_best_in_phase" in args.defaulted, density
+    assert ContinualTrainingArguments(model_name_or_path="x", method="exssnet", method_config={"density": 0.1},
+                                      load_best_in_phase=True).load_best_in_phase is True
+    assert ContinualTrainingArguments(model_name_or_path="x", method="supsup", method_config={"density": 0.5}).load_best_in_phase is False
     assert ContinualTrainingArguments(model_name_or_path="x", method="exssnet", load_best_in_phase=False).load_best_in_phase is False
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({"model_name_or_path": "x", "method": "exssnet", "tasks": ["ag_news"]}))
     assert load_training_config(str(path), [])[0].load_best_in_phase is True
     assert load_training_config(str(path), ["--load_best_in_phase", "false"])[0].load_best_in_phase is False
+    assert load_training_config(str(path), ["--density", "0.1"])[0].load_best_in_phase is False  # the CLI's density
     with pytest.raises(ValueError, match="load_best_in_phase='yes' must be true or false"):
         ContinualTrainingArguments(model_name_or_path="x", method="exssnet", load_best_in_phase="yes")
     saved = {**ContinualTrainingArguments(model_name_or_path="x", method="exssnet").to_dict(), "load_best_in_phase": False}

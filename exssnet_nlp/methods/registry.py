@@ -38,8 +38,13 @@ class MethodSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     # The trainer settings this method trains with by default (names in TRAINER_DEFAULTS), where its measured best
-    # differs from the trainer's default.
+    # differs from the trainer's default: a value, or a function of the method's config where the best depends on it.
     trainer_defaults: dict[str, Any] = field(default_factory=dict)
+
+    def trainer_default(self, name: str, config: Any) -> Any:
+        """This method's default for trainer setting `name` (one of `TRAINER_DEFAULTS`) with method config `config`."""
+        value = self.trainer_defaults.get(name, TRAINER_DEFAULTS[name])
+        return value(config) if callable(value) else value
 
     @property
     def model_class(self) -> type:
@@ -82,7 +87,7 @@ def register_method(name: str, config_class: type, model_class: type | str, *, d
     `model_class` may be given as "package.module:Class": it is then imported on first use, so reading the
     method's settings (YAML, `--help`) does not import torch. `trainer_defaults` gives the method's own default of
     trainer settings named in `TRAINER_DEFAULTS` (`mask_epochs`, `weight_epochs`, `load_best_in_phase`), used when
-    the run leaves them unset.
+    the run leaves them unset: a value, or a function of the method's config (e.g. `lambda c: c.density >= 0.3`).
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"method name {name!r} must be an identifier (letters, digits, underscores).")

@@ -130,13 +130,6 @@ class ContinualTrainingArguments:
         _integer("dataloader_num_workers", self.dataloader_num_workers, minimum=0)
         _integer("restart_stuck_tasks", self.restart_stuck_tasks, minimum=0)
         _number("stuck_margin", self.stuck_margin, "must be a fraction in [0, 1] (e.g. 0.05)", lambda v: 0 <= v <= 1)
-        self.defaulted = tuple(n for n in TRAINER_DEFAULTS if getattr(self, n) is None)  # resume keeps the saved run's
-        for name in self.defaulted:
-            setattr(self, name, spec.trainer_defaults.get(name, TRAINER_DEFAULTS[name]))
-        if not isinstance(self.load_best_in_phase, bool):
-            raise ValueError(f"load_best_in_phase={self.load_best_in_phase!r} must be true or false.")
-        for name in ("mask_epochs", "weight_epochs", "weight_decay"):
-            _number(name, getattr(self, name), "must be a finite number >= 0", lambda v: v >= 0)
         for name in ("mask_learning_rate", "weight_learning_rate", "dense_learning_rate", "head_learning_rate"):
             if getattr(self, name) is not None:
                 _number(name, getattr(self, name), "must be a finite positive number (e.g. 1e-3)", lambda v: v > 0)
@@ -146,6 +139,13 @@ class ContinualTrainingArguments:
             _number("max_grad_norm", self.max_grad_norm, "must be a finite number > 0 (or none: no clipping)", lambda v: v > 0)
         config = self.method_config.to_dict() if isinstance(self.method_config, MethodConfig) else dict(self.method_config or {})
         self.method_config = spec.make_config(config, **{k: getattr(self, k) for k in _SHARED_FIELDS})
+        self.defaulted = tuple(n for n in TRAINER_DEFAULTS if getattr(self, n) is None)  # resume keeps the saved run's
+        for name in self.defaulted:  # the method's default, which may depend on its config (density)
+            setattr(self, name, spec.trainer_default(name, self.method_config))
+        if not isinstance(self.load_best_in_phase, bool):
+            raise ValueError(f"load_best_in_phase={self.load_best_in_phase!r} must be true or false.")
+        for name in ("mask_epochs", "weight_epochs", "weight_decay"):
+            _number(name, getattr(self, name), "must be a finite number >= 0", lambda v: v >= 0)
         kkt = self.kkt.to_dict() if isinstance(self.kkt, KKTConfig) else {"mode": "off", **dict(self.kkt or {})}
         if kkt.get("mode") is False or kkt.get("mode") == "false":  # YAML 1.1 reads a bare `off` as False
             kkt["mode"] = "off"
