@@ -164,9 +164,9 @@ def test_phase_epochs_default_to_the_methods_measured_ones(tmp_path):
 
 
 def test_exssnet_keeps_each_phases_best_point_by_default_where_it_helped(tmp_path):
-    """load_best_in_phase resolves per method and, for exssnet, per density (on at its default 0.5, measured +0.97 on
-    the grid; off at 0.1, measured -0.72; every other method: off), a value the run sets is the run's, and a run saved
-    with it off resumes with it off when the command leaves it unset."""
+    """load_best_in_phase resolves per method and, for exssnet, per density (grid: on at 0.5, +0.97, and at 0.3,
+    +0.71; off at 0.1, -0.72; every other method: off), a value the run sets is the run's, and a run saved with it off
+    resumes with it off when the command leaves it unset."""
     from exssnet_nlp.methods.supermask import BEST_IN_PHASE_FROM_DENSITY
     from exssnet_nlp.training import ContinualTrainingArguments
     from exssnet_nlp.training.arguments import resume_differences
