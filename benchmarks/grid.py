@@ -73,6 +73,8 @@ VARIANTS: dict[str, list[str]] = {
     # lora only: rank 16 (1.34 MB per task), just above exssnet@0.1's bytes (1.22 MB).
     "r16": ["--r", "16", "--lora_alpha", "32"],
 }
+# Variants that set a method's size (lora's rank, as density sets a mask's): points of their own on the frontier.
+SIZE_VARIANTS = ("r16", "r48")
 # Variants whose flags every method accepts (trainer-wide settings) but only these methods' phases read.
 MASK_PHASE = ("supsup", "ssnet", "exssnet", "exssnet+kkt")  # a "mask" phase: mask_optimizer, mask_lr_scheduler
 VARIANT_METHODS: dict[str, tuple[str, ...]] = {"epochs4": (*MASK_PHASE, "wsn"), "epochs4_best": (*MASK_PHASE, "wsn"),
@@ -256,6 +258,43 @@ def phase_gain(run: dict[str, Any]) -> float | None:
     return sum(gains) / len(gains) if gains else None
 
 
+def _same_setting(flag_value: str, today: Any) -> bool:
+    if isinstance(today, bool) or today is None:
+        return flag_value.lower() == str(today).lower()
+    try:
+        return float(flag_value) == float(today)
+    except (TypeError, ValueError):
+        return flag_value == str(today)
+
+
+def default_now(run: dict[str, Any]) -> bool:
+    """Whether a variant's flags are what its cell would run with today without them (the method's current defaults
+    at its density, under the budget's overrides): supsup's 4 mask epochs, exssnet's `load_best_in_phase` from 0.3.
+    The frontier's first panel shows such a row in place of the method's plain one."""
+    variant = run.get("variant")
+    if not variant or variant not in VARIANTS:
+        return False
+    from exssnet_nlp.methods import get_method
+    from exssnet_nlp.methods.registry import TRAINER_DEFAULTS
+
+    spec = get_method(run["method"].split("+")[0])
+    config = spec.make_config({} if run.get("density") is None else {"density": run["density"]})
+    budget = BUDGETS.get(run.get("budget") or "", {}).get("overrides", [])
+    budget_settings = dict(zip(budget[::2], budget[1::2], strict=True))
+    flags = VARIANTS[variant]
+    for flag, value in zip(flags[::2], flags[1::2], strict=True):
+        name = flag.removeprefix("--")
+        if flag in budget_settings:
+            today: Any = budget_settings[flag]
+        elif name in TRAINER_DEFAULTS:
+            today = spec.trainer_default(name, config)
+        else:
+            today = getattr(config, name, None)
+        if not _same_setting(value, today):
+            return False
+    return True
+
+
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (method, density, variant): mean and sample std over its seeds."""
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -275,6 +314,7 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["bytes_per_task"], row["bytes_per_task_std"] = _mean_std([serving_bytes(r) / n_tasks for r in group])
         row["wall_per_task"], _ = _mean_std([r["wall_seconds"] / n_tasks for r in group])
         row["machines"] = sorted({r.get("machine", {}).get("device", "?") for r in group})
+        row["default_now"] = default_now(first)
         # Restarts of tasks stuck at chance, over the seeds (results["restarts"] also records a last attempt that
         # ended at chance and was kept; runs from before the detector record none).
         row["restarts"] = sum(bool(e.get("restarted")) for r in group for events in (r.get("restarts") or {}).values()
@@ -307,19 +347,50 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def frontier(panels: list[tuple[list[dict[str, Any]], str]], path: Path) -> None:
-    """Average accuracy against stored bytes per task (log x), one point per row, error bars over seeds; one panel
-    per (rows, title)."""
+    """Average accuracy against stored bytes per task (log x), error bars over seeds. Two panels per (rows, title):
+    the grid as a user chooses from it (one point per method and density, at today's defaults where a variant
+    measured them, with the accuracy-per-byte frontier drawn), then each hypothesis as an arrow from its plain row."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10.5, 5.5 * len(panels)))
+    fig = Figure(figsize=(11.5, 5.5 * 2 * len(panels)))
     FigureCanvasAgg(fig)
     for i, (rows, title) in enumerate(panels):
-        _frontier_panel(fig.add_subplot(len(panels), 1, i + 1), rows, title)
+        _frontier_panel(fig.add_subplot(2 * len(panels), 1, 2 * i + 1), chosen_rows(rows),
+                        title + ": each method and density (lora: rank)")
+        _hypothesis_panel(fig.add_subplot(2 * len(panels), 1, 2 * i + 2), rows,
+                          title + ": each hypothesis, from its plain row")
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=130)
+    fig.savefig(tmp, dpi=120)
     os.replace(tmp, path)
+
+
+def _cell_key(row: dict[str, Any], size: bool = False) -> str:
+    """method@density; with `size`, a size variant's rank too (lora r48 is another point, not lora's hypothesis)."""
+    variant = row.get("variant")
+    return accuracy.run_key(row["method"], row["density"]) + (f" {variant}" if size and variant in SIZE_VARIANTS else "")
+
+
+def chosen_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows a user picks from. A variant that is a method's default now stands for its
+    method and density in the first (the plain row, run with the old default, is then only a hypothesis's origin);
+    A size variant (lora's rank, as density is a mask's) is a point of its own there; every other variant is a
+    hypothesis."""
+    replaced = {_cell_key(r) for r in rows if r.get("variant") and r.get("default_now")}
+    return [r for r in rows if (r.get("default_now") or r["variant"] in SIZE_VARIANTS if r.get("variant")
+                                else _cell_key(r) not in replaced)]
+
+
+def pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The continual rows no other beats at no more bytes (multitask, the non-continual reference, left out), by bytes."""
+    best, front = -1.0, []
+    for r in sorted((r for r in rows if r["method"] != "multitask"),
+                    key=lambda r: (r["bytes_per_task"], -r["average_accuracy"])):
+        if r["average_accuracy"] > best:
+            best = r["average_accuracy"]
+            front.append(r)
+    return front
 
 
 MARKERS = "osD^PX*h<>pd"  # no "v": it marks a row below the axis
@@ -334,10 +405,20 @@ def accuracy_window(values: list[float], span: float = 12.0) -> tuple[float, flo
     return math.floor(min(shown)) - 1.5, math.ceil(best) + 1.0
 
 
+def _axes(ax: Any, low: float, high: float, title: str) -> None:
+    ax.set_ylim(low, high)
+    ax.set_xscale("log")
+    ax.set_xlabel("stored bytes per task (log scale; the shared pretrained encoder and task-inference routers not counted)")
+    ax.set_ylabel("average accuracy after the last task, % (mean +- std over seeds)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:  # a grid without variants has an empty hypothesis panel
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a point
+
+
 def _frontier_panel(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
-    # One colour per method, one marker per density and variant within it; a post hoc re-evaluation (open marker)
-    # shares its trained row's style, with an arrow from that row. Only rows without a variant are labelled on the
-    # plot (the legend names all): variants sit on top of their base row.
+    # One colour per method, one marker per density within it; a post hoc re-evaluation (open marker) shares its
+    # trained row's style, with an arrow from that row.
     colours: dict[str, str] = {}
     markers: dict[str, str] = {}
     taken: dict[str, int] = {}  # markers given out per method
@@ -345,7 +426,7 @@ def _frontier_panel(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
     widest = max((r["bytes_per_task"] for r in rows), default=0.0)  # the right-most point's label goes left of it
     low, high = accuracy_window([100 * r["average_accuracy"] for r in rows]) if rows else (0.0, 100.0)
     for r in rows:
-        base = accuracy.run_key(r["method"], r["density"]) + (f" [{r['variant']}]" if r.get("variant") else "")
+        base = _cell_key(r, size=True)
         colour = colours.setdefault(r["method"], f"C{len(colours) % 10}")
         if base not in markers:
             taken[r["method"]] = taken.get(r["method"], 0) + 1
@@ -365,19 +446,54 @@ def _frontier_panel(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
                             arrowprops={"arrowstyle": "->", "color": colour, "linestyle": ":"})
             continue
         trained[base] = point
-        if r.get("variant") and not below:
-            continue
         right_edge = point[0] >= widest
         text = f"{base}: {accuracy_pct:.1f}% (below)" if below else base
         ax.annotate(text, point, fontsize=7, xytext=(-4 if right_edge else 4, 4), textcoords="offset points",
                     ha="right" if right_edge else "left")
-    ax.set_ylim(low, high)
-    ax.set_xscale("log")
-    ax.set_xlabel("stored bytes per task (log scale; the shared pretrained encoder and task-inference routers not counted)")
-    ax.set_ylabel("average accuracy after the last task, % (mean +- std over seeds)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a point
+    front = pareto(rows)
+    if len(front) > 1:
+        xs = [r["bytes_per_task"] for r in front]
+        ys = [100 * r["average_accuracy"] for r in front]
+        ax.step(xs + [max(widest, xs[-1])], ys + [ys[-1]], where="post", color="0.4", linestyle="--", linewidth=1,
+                label="frontier: most accurate at no more bytes", zorder=0)
+    _axes(ax, low, high, title)
+
+
+def _hypothesis_panel(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
+    """Each variant row but sizes, with a dotted arrow from the trained plain row of its method and density (the change
+    it measured)."""
+    plain: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if not r.get("variant") and "post hoc" not in (r.get("label") or ""):
+            plain.setdefault(_cell_key(r), r)
+    variants = [r for r in rows if r.get("variant") and r["variant"] not in SIZE_VARIANTS]
+    shown = variants + [plain[k] for k in {_cell_key(v) for v in variants} if k in plain]
+    low, high = accuracy_window([100 * r["average_accuracy"] for r in shown]) if shown else (0.0, 100.0)
+    widest = max((r["bytes_per_task"] for r in shown), default=0.0)
+    colours: dict[str, str] = {}
+    for r in sorted(shown, key=lambda r: r["key"]):
+        colour = colours.setdefault(r["variant"] or "", f"C{len(colours) % 10}")
+        accuracy_pct = 100 * r["average_accuracy"]
+        below = accuracy_pct < low
+        point = (r["bytes_per_task"], low + 0.3 if below else accuracy_pct)
+        spread = r["average_accuracy_std"]
+        ax.errorbar(*point, yerr=None if spread is None or below else 100 * spread, fmt="v" if below else "o",
+                    capsize=3, color="0.5" if not r["variant"] else colour, mfc="none" if not r["variant"] else colour,
+                    label=r["key"] + f" (n={len(r['seeds'])})" + (f": {accuracy_pct:.1f}%, below the axis" if below else ""))
+        origin = plain.get(_cell_key(r)) if r["variant"] else None
+        text = _cell_key(r) + (f" [{r['variant']}]" if r["variant"] else "")
+        if origin is not None:
+            delta = accuracy_pct - 100 * origin["average_accuracy"]
+            text += f" {delta:+.2f}"
+            start = (origin["bytes_per_task"], max(low + 0.3, 100 * origin["average_accuracy"]))
+            ax.annotate("", xy=point, xytext=start, arrowprops={"arrowstyle": "->", "color": colour, "linestyle": ":"})
+        if below:
+            text += f": {accuracy_pct:.1f}% (below)"
+        right_edge = point[0] >= widest / 1.15  # near the right edge: the label goes left of the point
+        ax.annotate(text, point, fontsize=6, xytext=(-4 if right_edge else 4, 4 if r["variant"] else -9),
+                    textcoords="offset points", ha="right" if right_edge else "left",
+                    color="0.3" if not r["variant"] else colour)
+    _axes(ax, low, high, title)
 
 
 def report(results_dir: Path, plot: Path | None) -> str:

@@ -191,3 +191,38 @@ def test_a_cells_setting_is_the_last_of_its_flags(grid):
     assert grid.setting({"overrides": overrides}, "weight_learning_rate") == "1e-4"
     assert grid.setting({"overrides": overrides}, "load_best_in_phase") is None
     assert grid.setting({"config": {"weight_learning_rate": 5e-5}, "overrides": overrides}, "weight_learning_rate") == 5e-5
+
+
+def test_the_frontier_shows_each_methods_defaults_and_draws_hypotheses_as_arrows_from_their_plain_rows(grid, tmp_path):
+    """exssnet@0.5's `load_best_in_phase` and supsup's 4 mask epochs are today's defaults: those variant rows stand for
+    their method and density on the first panel; exssnet@0.1's best_in_phase (off below 0.3) and kaiming stay
+    hypotheses; lora's rank is a point of its own. The frontier line joins the continual rows no other beats at no more
+    bytes (multitask, not continual, left out)."""
+    def cell(method, density, acc, stored, variant=None):
+        return {**run(method, density, 42, acc, stored=stored), "variant": variant, "budget": "cpu",
+                "method_config": {"values_dtype": "float16"}}  # lora's adapters as its default stores them
+
+    rows_in = [cell("exssnet", 0.5, 0.67, 6_000_000), cell("exssnet", 0.5, 0.68, 6_000_000, "best_in_phase"),
+               cell("exssnet", 0.1, 0.66, 3_000_000), cell("exssnet", 0.1, 0.65, 3_000_000, "best_in_phase"),
+               cell("exssnet", 0.1, 0.64, 3_500_000, "kaiming"), cell("supsup", 0.1, 0.64, 2_000_000),
+               cell("supsup", 0.1, 0.66, 2_000_000, "epochs4"), cell("lora", None, 0.66, 2_500_000),
+               cell("lora", None, 0.69, 6_000_000, "r48"), cell("multitask", None, 0.70, 40_000_000)]
+    assert [grid.default_now(r) for r in rows_in] == [False, True, False, False, False, False, True, False, False, False]
+    results = tmp_path / "grid_cpu"
+    results.mkdir()
+    for i, r in enumerate(rows_in):
+        (results / f"r{i}.json").write_text(json.dumps(r))
+    grid.report(results, tmp_path / "frontier_cpu.png")
+    rows = json.loads((results / "summary.json").read_text())["rows"]
+    chosen = {r["key"] for r in grid.chosen_rows(rows)}
+    assert chosen == {"exssnet@0.5 [best_in_phase]", "exssnet@0.1", "supsup@0.1 [epochs4]", "lora", "lora [r48]", "multitask"}
+    # supsup@0.1[epochs4] at 2.0 MB beats lora at 2.5; exssnet@0.1 at 3.0 does not beat 66; lora r48 beats exssnet@0.5 at 6.0
+    assert [r["key"] for r in grid.pareto(grid.chosen_rows(rows))] == ["supsup@0.1 [epochs4]", "lora [r48]"]
+    from matplotlib.figure import Figure
+
+    ax = Figure().add_subplot()
+    grid._hypothesis_panel(ax, rows, "t")
+    labels = sorted(t.get_text() for t in ax.texts if t.get_text())
+    assert "exssnet@0.1 [kaiming] -2.00" in labels and "supsup@0.1 [epochs4] +2.00" in labels
+    assert "exssnet@0.5 [best_in_phase] +1.00" in labels and not any("r48" in t for t in labels)
+    assert sum(1 for t in ax.texts if not t.get_text()) == 4  # one arrow per hypothesis row
