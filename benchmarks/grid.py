@@ -505,7 +505,17 @@ def report(results_dir: Path, plot: Path | None) -> str:
     accuracy.write_json(results_dir / "summary.json", {"rows": rows, "machines": machines})
     if plot is not None:
         frontier([(rows, panel_title(results_dir, machines))], plot)
-    return f"Machines: {'; '.join(machines)}\n\n" + table(rows)
+    return f"Machines: {'; '.join(machines)}\n\n" + table(rows) + "\n\n" + frontier_text(rows)
+
+
+def frontier_text(rows: list[dict[str, Any]]) -> str:
+    """The pick list as the data gives it: each continual row on the frontier of the first panel, cheapest first."""
+    lines = ["Frontier (each method and density at today's defaults; the most accurate continual row at no more bytes):"]
+    for r in pareto(chosen_rows(rows)):
+        spread = "" if r["average_accuracy_std"] is None else f" +- {100 * r['average_accuracy_std']:.2f}"
+        lines.append(f"- from {r['bytes_per_task'] / 1e6:.3f} MB per task: {r['key']}, "
+                     f"{100 * r['average_accuracy']:.2f}{spread}% ({len(r['seeds'])} seed{'s' * (len(r['seeds']) > 1)})")
+    return "\n".join(lines)
 
 
 def panel_title(results_dir: Path, machines: list[str]) -> str:
