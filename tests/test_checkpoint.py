@@ -601,15 +601,15 @@ def test_values_of_a_task_without_weight_phase_and_converted_models_are_served_a
 def test_a_run_started_before_values_dtype_resumes_with_exact_values() -> None:
     """Resume keeps a setting the saved run predates at what it meant then, unless the command sets it otherwise."""
     from exssnet_nlp.training.arguments import ContinualTrainingArguments, resume_differences
-    from exssnet_nlp.training.resume import _keep_predating_settings
+    from exssnet_nlp.training.resume import _keep_saved_settings
 
     now = ContinualTrainingArguments.from_dict({"output_dir": "unused", "method": "exssnet"})
     saved = now.to_dict()
     saved["method_config"] = {k: v for k, v in saved["method_config"].items() if k != "values_dtype"}
-    _keep_predating_settings(saved, now)
+    _keep_saved_settings(saved, now)
     assert now.method_config.values_dtype is None and resume_differences(saved, now.to_dict()) == []
     explicit = ContinualTrainingArguments.from_dict({"output_dir": "unused", "method": "exssnet", "values_dtype": "bfloat16"})
-    _keep_predating_settings(saved, explicit)
+    _keep_saved_settings(saved, explicit)
     assert resume_differences(saved, explicit.to_dict()) == ["method_config.values_dtype: None -> 'bfloat16'"]
 
 
@@ -618,16 +618,16 @@ def test_a_run_and_a_checkpoint_saved_with_the_former_all_layers_default_keep_it
     with null resumes with null unless the command sets another value, and a checkpoint saved with null still masks
     every layer."""
     from exssnet_nlp.training.arguments import ContinualTrainingArguments, resume_differences
-    from exssnet_nlp.training.resume import _keep_predating_settings
+    from exssnet_nlp.training.resume import _keep_saved_settings
 
     assert ExSSNetConfig().target_modules == "ffn"  # the default now
     now = ContinualTrainingArguments.from_dict({"output_dir": "unused", "method": "exssnet"})
     saved = now.to_dict()
     saved["method_config"] = {**saved["method_config"], "target_modules": None}
-    _keep_predating_settings(saved, now)
+    _keep_saved_settings(saved, now)
     assert now.method_config.target_modules is None and resume_differences(saved, now.to_dict()) == []
     explicit = ContinualTrainingArguments.from_dict({"output_dir": "unused", "method": "exssnet", "target_modules": "attention"})
-    _keep_predating_settings(saved, explicit)
+    _keep_saved_settings(saved, explicit)
     assert resume_differences(saved, explicit.to_dict()) == ["method_config.target_modules: None -> 'attention'"]
     old = get_method("exssnet").build(tiny_encoder("bert", 0), {"target_modules": None})
     new = get_method("exssnet").build(tiny_encoder("bert", 0), {})
@@ -640,17 +640,38 @@ def test_a_run_saved_with_the_former_density_default_resumes_with_it() -> None:
     """density defaulted to 0.1 before 0.5 (the grid's most accurate for exssnet and supsup); wsn keeps 0.1."""
     from exssnet_nlp.methods.wsn.config import WSNConfig
     from exssnet_nlp.training.arguments import ContinualTrainingArguments, resume_differences
-    from exssnet_nlp.training.resume import _keep_predating_settings
+    from exssnet_nlp.training.resume import _keep_saved_settings
 
     assert ExSSNetConfig().density == 0.5 and WSNConfig().density == 0.1
     now = ContinualTrainingArguments.from_dict({"output_dir": "unused", "method": "supsup"})
     saved = now.to_dict()
     saved["method_config"] = {**saved["method_config"], "density": 0.1}
-    _keep_predating_settings(saved, now)
+    _keep_saved_settings(saved, now)
     assert now.method_config.density == 0.1 and resume_differences(saved, now.to_dict()) == []
     explicit = ContinualTrainingArguments.from_dict({"output_dir": "unused", "method": "supsup", "density": 0.3})
-    _keep_predating_settings(saved, explicit)
+    _keep_saved_settings(saved, explicit)
     assert resume_differences(saved, explicit.to_dict()) == ["method_config.density: 0.1 -> 0.3"]
+
+
+def test_a_resumed_run_keeps_every_method_setting_the_command_leaves_unset() -> None:
+    """One rule for trainer and method settings: what the command leaves unset resumes with the saved run's value
+    (a score_init never a default resumes too: no list of former defaults to keep). A value the command gives is
+    compared, today's default included: `density: 0.5` against a run saved with 0.1 is refused, where the rule by
+    value before took it for unset and continued with 0.1."""
+    from exssnet_nlp.training.arguments import ContinualTrainingArguments, resume_differences
+    from exssnet_nlp.training.resume import _keep_saved_settings
+
+    now = ContinualTrainingArguments.from_dict({"output_dir": "unused", "method": "exssnet"})
+    assert "method_config.density" in now.defaulted and "method_config.seed" not in now.defaulted  # seed: the run's
+    saved = now.to_dict()
+    saved["method_config"] = {**saved["method_config"], "score_init": "uniform", "density": 0.1}
+    _keep_saved_settings(saved, now)
+    assert (now.method_config.score_init, now.method_config.density) == ("uniform", 0.1)
+    assert resume_differences(saved, now.to_dict()) == []
+    given = ContinualTrainingArguments.from_dict({"output_dir": "unused", "method": "exssnet", "density": 0.5})
+    assert "method_config.density" not in given.defaulted
+    _keep_saved_settings(saved, given)
+    assert resume_differences(saved, given.to_dict()) == ["method_config.density: 0.1 -> 0.5"]
 
 
 def test_ssnet_has_its_own_density_default_and_resumes_a_run_saved_with_the_former_one() -> None:
@@ -659,7 +680,7 @@ def test_ssnet_has_its_own_density_default_and_resumes_a_run_saved_with_the_form
     from exssnet_nlp import get_method
     from exssnet_nlp.methods.supermask import SSNetConfig
     from exssnet_nlp.training.arguments import ContinualTrainingArguments, resume_differences
-    from exssnet_nlp.training.resume import _keep_predating_settings
+    from exssnet_nlp.training.resume import _keep_saved_settings
 
     now = ContinualTrainingArguments.from_dict({"output_dir": "unused", "method": "ssnet"})
     assert isinstance(now.method_config, SSNetConfig) and now.method_config.density == 0.1
@@ -671,7 +692,7 @@ def test_ssnet_has_its_own_density_default_and_resumes_a_run_saved_with_the_form
         SSNetConfig(method="exssnet")
     saved = now.to_dict()
     saved["method_config"] = {**saved["method_config"], "density": 0.5}
-    _keep_predating_settings(saved, now)
+    _keep_saved_settings(saved, now)
     assert now.method_config.density == 0.5 and resume_differences(saved, now.to_dict()) == []
 
 

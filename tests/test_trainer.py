@@ -146,15 +146,15 @@ def test_phase_epochs_default_to_the_methods_measured_ones(tmp_path):
     assert load_training_config(str(path), ["--mask_epochs", "3"])[0].mask_epochs == 3
     # A run saved with other epochs (1 + 1, the former default) resumes with them when the command leaves them unset.
     from exssnet_nlp.training.arguments import resume_differences
-    from exssnet_nlp.training.resume import _keep_predating_settings
+    from exssnet_nlp.training.resume import _keep_saved_settings
 
     saved = {**ContinualTrainingArguments(model_name_or_path="x", method="exssnet").to_dict(), "mask_epochs": 1.0,
              "weight_epochs": 1.0}
     now = ContinualTrainingArguments(model_name_or_path="x", method="exssnet")
-    _keep_predating_settings(saved, now)
+    _keep_saved_settings(saved, now)
     assert (now.mask_epochs, now.weight_epochs) == (1.0, 1.0) and resume_differences(saved, now.to_dict()) == []
     explicit = ContinualTrainingArguments(model_name_or_path="x", method="exssnet", mask_epochs=3)
-    _keep_predating_settings(saved, explicit)
+    _keep_saved_settings(saved, explicit)
     assert resume_differences(saved, explicit.to_dict()) == ["mask_epochs: 1.0 -> 3"]
     from exssnet_nlp.methods import register_method
     from exssnet_nlp.methods.dense.config import DenseConfig
@@ -170,7 +170,7 @@ def test_exssnet_keeps_each_phases_best_point_by_default_where_it_helped(tmp_pat
     from exssnet_nlp.methods.supermask import BEST_IN_PHASE_FROM_DENSITY
     from exssnet_nlp.training import ContinualTrainingArguments
     from exssnet_nlp.training.arguments import resume_differences
-    from exssnet_nlp.training.resume import _keep_predating_settings
+    from exssnet_nlp.training.resume import _keep_saved_settings
 
     for method, expected in (("exssnet", True), ("ssnet", False), ("supsup", False), ("wsn", False), ("lora", False)):
         args = ContinualTrainingArguments(model_name_or_path="x", method=method)
@@ -191,10 +191,10 @@ def test_exssnet_keeps_each_phases_best_point_by_default_where_it_helped(tmp_pat
         ContinualTrainingArguments(model_name_or_path="x", method="exssnet", load_best_in_phase="yes")
     saved = {**ContinualTrainingArguments(model_name_or_path="x", method="exssnet").to_dict(), "load_best_in_phase": False}
     now = ContinualTrainingArguments(model_name_or_path="x", method="exssnet")
-    _keep_predating_settings(saved, now)
+    _keep_saved_settings(saved, now)
     assert now.load_best_in_phase is False and resume_differences(saved, now.to_dict()) == []
     explicit = ContinualTrainingArguments(model_name_or_path="x", method="exssnet", load_best_in_phase=True)
-    _keep_predating_settings(saved, explicit)
+    _keep_saved_settings(saved, explicit)
     assert resume_differences(saved, explicit.to_dict()) == ["load_best_in_phase: False -> True"]
 
 

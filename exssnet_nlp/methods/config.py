@@ -44,9 +44,6 @@ class MethodConfig:
     # Fields added after checkpoints were first written, with what a saved config that lacks them meant; a
     # changed default must not change a saved model or a resumed run (the loader fills these in first).
     predating: ClassVar[dict[str, Any]] = {}
-    # Fields whose default changed, with the value that was the default before: a run saved with it resumes with
-    # it when the command leaves the field at today's default (saved models need nothing: they store the value).
-    former_defaults: ClassVar[dict[str, Any]] = {}
 
     pooling: str = field(default="cls", metadata={"help": "How heads pool the last hidden state: cls (first token) | mean."})
     head_activation: str | None = field(default=None, metadata={

@@ -139,9 +139,11 @@ class ContinualTrainingArguments:
             _number("max_grad_norm", self.max_grad_norm, "must be a finite number > 0 (or none: no clipping)", lambda v: v > 0)
         config = self.method_config.to_dict() if isinstance(self.method_config, MethodConfig) else dict(self.method_config or {})
         self.method_config = spec.make_config(config, **{k: getattr(self, k) for k in _SHARED_FIELDS})
-        self.defaulted = tuple(n for n in TRAINER_DEFAULTS if getattr(self, n) is None)  # resume keeps the saved run's
-        for name in self.defaulted:  # the method's default, which may depend on its config (density)
+        unset = [n for n in TRAINER_DEFAULTS if getattr(self, n) is None]
+        for name in unset:  # the method's default, which may depend on its config (density)
             setattr(self, name, spec.trainer_default(name, self.method_config))
+        given = {*config, *_SHARED_FIELDS, *spec.defaults}  # what is not given resumes with the saved run's value
+        self.defaulted = (*unset, *(f"method_config.{f.name}" for f in fields(self.method_config) if f.name not in given))
         if not isinstance(self.load_best_in_phase, bool):
             raise ValueError(f"load_best_in_phase={self.load_best_in_phase!r} must be true or false.")
         for name in ("mask_epochs", "weight_epochs", "weight_decay"):
@@ -228,10 +230,7 @@ RESUME_FREE = frozenset({"output_dir", "overwrite_output_dir", "resume_from_chec
 def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in settings.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
     return out
 
 
@@ -278,8 +277,7 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _is_null(text: Any) -> bool:
-    """YAML's null as a command line writes it."""
+def _is_null(text: Any) -> bool:  # YAML's null as a command line writes it
     return str(text).lower() in ("none", "null")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import fields
 from typing import Any
 
 from ..checkpoint import recover_checkpoint
@@ -15,26 +14,21 @@ logger = logging.getLogger("exssnet_nlp")
 CHECKPOINT_DIR = "checkpoint"
 
 
-def _keep_predating_settings(saved_args: dict[str, Any], args: Any) -> None:
-    """A run saved before a method-config field existed continues with what the field meant then (`predating`), and
-    one saved with a field's former default keeps it (`former_defaults`), unless the command now sets the field away
-    from today's default: then it is a difference, and resume refuses it. Trainer settings a method defaults
-    (`TRAINER_DEFAULTS`: phase epochs, load_best_in_phase) that the command leaves unset are the saved run's."""
-    for name in getattr(args, "defaulted", ()):  # left unset now: the saved run's value, not today's default
-        if isinstance(saved_args.get(name), (int, float)):  # bool included
-            setattr(args, name, saved_args[name])
+def _keep_saved_settings(saved_args: dict[str, Any], args: Any) -> None:
+    """A setting the command leaves unset (`args.defaulted`: the trainer settings a method defaults, and the method
+    config's fields) resumes with the saved run's value, not today's default, so a changed default never changes a
+    resumed run; a field the saved run predates means what it meant then (`MethodConfig.predating`). A setting the
+    command gives is compared with the saved one, and a difference refuses the resume."""
     config, saved_config = args.method_config, saved_args.get("method_config")
-    if not isinstance(config, MethodConfig) or not isinstance(saved_config, dict):
-        return
-    defaults = {f.name: f.default for f in fields(config)}
-    saved_args["method_config"] = saved_config = dict(saved_config)
-    for key, then in type(config).predating.items():
-        if key not in saved_config and getattr(config, key) == defaults.get(key):
-            setattr(config, key, then)  # the run's results then record the setting it ran with
-            saved_config[key] = then
-    for key, before in type(config).former_defaults.items():
-        if key in saved_config and saved_config[key] == before and getattr(config, key) == defaults.get(key):
-            setattr(config, key, before)
+    if isinstance(config, MethodConfig) and isinstance(saved_config, dict):
+        saved_args["method_config"] = saved_config = {**type(config).predating, **saved_config}
+    for name in getattr(args, "defaulted", ()):
+        if name.startswith("method_config."):
+            key = name.removeprefix("method_config.")
+            if isinstance(saved_config, dict) and key in saved_config:
+                setattr(config, key, saved_config[key])  # the run's results then record the setting it ran with
+        elif isinstance(saved_args.get(name), (int, float)):  # bool included
+            setattr(args, name, saved_args[name])
 
 
 def resume(trainer: Any) -> None:
@@ -53,7 +47,7 @@ def resume(trainer: Any) -> None:
         return
     state = saved["state"]
     saved_args = dict(saved.get("args") or {})
-    _keep_predating_settings(saved_args, trainer.args)
+    _keep_saved_settings(saved_args, trainer.args)
     differences = resume_differences(saved_args, trainer.args.to_dict())
     if state["tasks"] != trainer.task_names:
         differences.insert(0, f"tasks: {state['tasks']} -> {trainer.task_names}")

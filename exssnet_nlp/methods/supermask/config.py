@@ -24,8 +24,6 @@ class ExSSNetConfig(MethodConfig):
 
     allowed_methods: ClassVar[tuple[str, ...]] = METHODS  # the `method` values this config accepts; a subclass sets its own
     predating: ClassVar[dict[str, Any]] = {"values_dtype": None}  # before it, values were kept exact
-    # null (all) until the ffn default; 0.1 until the evidence grid measured 0.5 best
-    former_defaults: ClassVar[dict[str, Any]] = {"target_modules": None, "density": 0.1}
 
     density: float = field(default=0.5, metadata={
         "help": "Fraction of each targeted layer's weights that a task's mask keeps (0 < density <= 1); a mask holds "
@@ -94,8 +92,6 @@ class SSNetConfig(ExSSNetConfig):
     every `ExSSNetConfig` field means the same; only the density default differs."""
 
     allowed_methods: ClassVar[tuple[str, ...]] = ("ssnet",)
-    # 0.5 for two sessions, as exssnet's (one class then), until the grid measured it for ssnet
-    former_defaults: ClassVar[dict[str, Any]] = {"target_modules": None, "density": 0.5}
 
     density: float = field(default=0.1, metadata={
         "help": "Fraction of each targeted layer's weights that a task's mask keeps (0 < density <= 1). Default 0.1: on "
