@@ -23,6 +23,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -268,17 +269,22 @@ def _same_setting(flag_value: str, today: Any) -> bool:
 
 
 def default_now(run: dict[str, Any]) -> bool:
-    """Whether a variant's flags are what its cell would run with today without them (the method's current defaults
-    at its density, under the budget's overrides): supsup's 4 mask epochs, exssnet's `load_best_in_phase` from 0.3.
-    The frontier's first panel shows such a row in place of the method's plain one."""
+    """Whether a variant's flags are the library's defaults today for its method and density, under the budget's
+    overrides: supsup's 4 mask epochs, exssnet's `load_best_in_phase` from 0.3 (the grid's YAML pins some settings
+    itself; a user gets the library's). The frontier's first panel shows such a row in place of the plain one."""
     variant = run.get("variant")
     if not variant or variant not in VARIANTS:
         return False
     from exssnet_nlp.methods import get_method
     from exssnet_nlp.methods.registry import TRAINER_DEFAULTS
+    from exssnet_nlp.training.arguments import ContinualTrainingArguments
 
-    spec = get_method(run["method"].split("+")[0])
-    config = spec.make_config({} if run.get("density") is None else {"density": run["density"]})
+    try:  # a plug-in method not loaded when the report runs: its rows are plain rows
+        spec = get_method(run["method"].split("+")[0])
+        config = spec.make_config({} if run.get("density") is None else {"density": run["density"]})
+    except ValueError:
+        return False
+    trainer = {f.name: f.default for f in fields(ContinualTrainingArguments)}
     budget = BUDGETS.get(run.get("budget") or "", {}).get("overrides", [])
     budget_settings = dict(zip(budget[::2], budget[1::2], strict=True))
     flags = VARIANTS[variant]
@@ -289,7 +295,7 @@ def default_now(run: dict[str, Any]) -> bool:
         elif name in TRAINER_DEFAULTS:
             today = spec.trainer_default(name, config)
         else:
-            today = getattr(config, name, None)
+            today = getattr(config, name) if hasattr(config, name) else trainer.get(name)
         if not _same_setting(value, today):
             return False
     return True
@@ -460,12 +466,12 @@ def _frontier_panel(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
 
 
 def _hypothesis_panel(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
-    """Each variant row but sizes, with a dotted arrow from the trained plain row of its method and density (the change
+    """Each variant row but sizes, with a dotted arrow from the plain row of its method and density (the change
     it measured)."""
     plain: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        if not r.get("variant") and "post hoc" not in (r.get("label") or ""):
-            plain.setdefault(_cell_key(r), r)
+    for r in rows:  # float16 values (as variants stored them) over exact ones: the arrow is the variant's change alone
+        if not r.get("variant") and (_cell_key(r) not in plain or "post hoc" in (r.get("label") or "")):
+            plain[_cell_key(r)] = r
     variants = [r for r in rows if r.get("variant") and r["variant"] not in SIZE_VARIANTS]
     shown = variants + [plain[k] for k in {_cell_key(v) for v in variants} if k in plain]
     low, high = accuracy_window([100 * r["average_accuracy"] for r in shown]) if shown else (0.0, 100.0)
@@ -529,6 +535,8 @@ def frontier_all(results_root: Path) -> Path | None:
         summary = results_root / f"grid_{budget}" / "summary.json"
         if summary.exists():
             data = json.loads(summary.read_text())
+            for row in data["rows"]:  # summaries written before the field
+                row.setdefault("default_now", default_now({**row, "budget": budget}))
             panels.append((data["rows"], panel_title(summary.parent, data["machines"])))
     if not panels:
         return None

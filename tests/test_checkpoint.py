@@ -672,6 +672,21 @@ def test_a_resumed_run_keeps_every_method_setting_the_command_leaves_unset() -> 
     assert "method_config.density" not in given.defaulted
     _keep_saved_settings(saved, given)
     assert resume_differences(saved, given.to_dict()) == ["method_config.density: 0.1 -> 0.5"]
+    # A config instance (Python) gives the fields it sets away from its class's defaults.
+    instance = ContinualTrainingArguments(output_dir="unused", method="exssnet", method_config=ExSSNetConfig(density=0.1))
+    assert "method_config.density" not in instance.defaulted and "method_config.score_init" in instance.defaulted
+    # A run of another method is refused as such; its config's fields are not mixed into this method's.
+    lora = ContinualTrainingArguments.from_dict({"output_dir": "unused", "method": "lora"}).to_dict()
+    other = ContinualTrainingArguments.from_dict({"output_dir": "unused", "method": "exssnet"})
+    _keep_saved_settings(lora, other)
+    assert other.method_config.target_modules == "ffn" and "method: 'lora' -> 'exssnet'" in resume_differences(lora, other.to_dict())
+    # A run saved before load_best_in_phase existed ran without it: unset now, it resumes without it.
+    old = ContinualTrainingArguments.from_dict({"output_dir": "unused", "method": "exssnet", "load_best_in_phase": False}).to_dict()
+    del old["load_best_in_phase"]
+    now = ContinualTrainingArguments.from_dict({"output_dir": "unused", "method": "exssnet"})
+    assert now.load_best_in_phase is True  # exssnet's default at density 0.5
+    _keep_saved_settings(old, now)
+    assert now.load_best_in_phase is False and resume_differences(old, now.to_dict()) == []
 
 
 def test_ssnet_has_its_own_density_default_and_resumes_a_run_saved_with_the_former_one() -> None:

@@ -72,6 +72,12 @@ class MethodConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def given(self) -> set[str]:
+        """The fields set away from this class's defaults: what a config instance says its caller chose (a resumed
+        run keeps the saved value of the others)."""
+        default = type(self)().to_dict()
+        return {k for k, v in self.to_dict().items() if default.get(k) != v}
+
     @classmethod
     def saved(cls, data: dict[str, Any]) -> dict[str, Any]:
         """A config dict as saved by any version: the fields it predates take the value they had then."""

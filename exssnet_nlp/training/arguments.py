@@ -137,12 +137,13 @@ class ContinualTrainingArguments:
         if self.max_grad_norm is not None:
             # A negative norm makes clip_grad_norm_ flip every gradient: the loss climbs while the run "succeeds".
             _number("max_grad_norm", self.max_grad_norm, "must be a finite number > 0 (or none: no clipping)", lambda v: v > 0)
-        config = self.method_config.to_dict() if isinstance(self.method_config, MethodConfig) else dict(self.method_config or {})
+        instance = self.method_config if isinstance(self.method_config, MethodConfig) else None
+        config = instance.to_dict() if instance is not None else dict(self.method_config or {})
         self.method_config = spec.make_config(config, **{k: getattr(self, k) for k in _SHARED_FIELDS})
         unset = [n for n in TRAINER_DEFAULTS if getattr(self, n) is None]
         for name in unset:  # the method's default, which may depend on its config (density)
             setattr(self, name, spec.trainer_default(name, self.method_config))
-        given = {*config, *_SHARED_FIELDS, *spec.defaults}  # what is not given resumes with the saved run's value
+        given = {*(instance.given() if instance else config), *_SHARED_FIELDS, *spec.defaults}  # the rest: resume keeps
         self.defaulted = (*unset, *(f"method_config.{f.name}" for f in fields(self.method_config) if f.name not in given))
         if not isinstance(self.load_best_in_phase, bool):
             raise ValueError(f"load_best_in_phase={self.load_best_in_phase!r} must be true or false.")

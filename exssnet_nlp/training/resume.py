@@ -8,6 +8,7 @@ from typing import Any
 from ..checkpoint import recover_checkpoint
 from ..methods import load_pretrained
 from ..methods.config import MethodConfig
+from ..methods.registry import TRAINER_DEFAULTS
 from .arguments import resume_differences
 
 logger = logging.getLogger("exssnet_nlp")
@@ -17,18 +18,26 @@ CHECKPOINT_DIR = "checkpoint"
 def _keep_saved_settings(saved_args: dict[str, Any], args: Any) -> None:
     """A setting the command leaves unset (`args.defaulted`: the trainer settings a method defaults, and the method
     config's fields) resumes with the saved run's value, not today's default, so a changed default never changes a
-    resumed run; a field the saved run predates means what it meant then (`MethodConfig.predating`). A setting the
-    command gives is compared with the saved one, and a difference refuses the resume."""
+    resumed run; a setting the saved run predates means what it meant then (`MethodConfig.predating`, and for the
+    trainer the value before per-method defaults, `TRAINER_DEFAULTS`). A setting the command gives is compared with
+    the saved one, and a difference refuses the resume; so is another method (its config is not mixed in)."""
     config, saved_config = args.method_config, saved_args.get("method_config")
-    if isinstance(config, MethodConfig) and isinstance(saved_config, dict):
-        saved_args["method_config"] = saved_config = {**type(config).predating, **saved_config}
+    same_method = isinstance(config, MethodConfig) and isinstance(saved_config, dict) and saved_args.get("method") == args.method
+    if same_method:
+        saved_args["method_config"] = saved_config = type(config).saved(saved_config)
+    restored = {}
     for name in getattr(args, "defaulted", ()):
-        if name.startswith("method_config."):
-            key = name.removeprefix("method_config.")
-            if isinstance(saved_config, dict) and key in saved_config:
-                setattr(config, key, saved_config[key])  # the run's results then record the setting it ran with
+        key = name.removeprefix("method_config.")
+        if key != name:
+            if same_method and key in saved_config:
+                restored[key] = saved_config[key]
         elif isinstance(saved_args.get(name), (int, float)):  # bool included
             setattr(args, name, saved_args[name])
+        elif name not in saved_args:  # a run saved before the setting existed ran with the global default
+            setattr(args, name, TRAINER_DEFAULTS[name])
+            saved_args[name] = TRAINER_DEFAULTS[name]
+    if restored:  # rebuilt, not set field by field: the config validates and normalises them as when it was saved
+        args.method_config = type(config).from_dict({**config.to_dict(), **restored})
 
 
 def resume(trainer: Any) -> None:
