@@ -73,6 +73,9 @@ VARIANTS: dict[str, list[str]] = {
     "r48": ["--r", "48", "--lora_alpha", "96"],
     # lora only: rank 16 (1.34 MB per task), just above exssnet@0.1's bytes (1.22 MB).
     "r16": ["--r", "16", "--lora_alpha", "32"],
+    # The attention projections (query, key, value, output) instead of the grid's ffn: lora's own default targets, as
+    # a user taking the library's defaults would run it.
+    "attn": ["--target_modules", "attention"],
 }
 # Variants that set a method's size (lora's rank, as density sets a mask's): points of their own on the frontier.
 SIZE_VARIANTS = ("r16", "r48")
