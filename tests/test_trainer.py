@@ -159,7 +159,7 @@ def test_phase_epochs_default_to_the_methods_measured_ones(tmp_path):
     from exssnet_nlp.methods import register_method
     from exssnet_nlp.methods.dense.config import DenseConfig
 
-    with pytest.raises(ValueError, match="only mask_epochs, weight_epochs, load_best_in_phase have per-method"):
+    with pytest.raises(ValueError, match="only mask_epochs, weight_epochs, load_best_in_phase, weight_learning_rate have"):
         register_method("bad_epochs", DenseConfig, "x:Y", trainer_defaults={"head_epochs": 3})
 
 
@@ -196,6 +196,30 @@ def test_exssnet_keeps_each_phases_best_point_by_default_where_it_helped(tmp_pat
     explicit = ContinualTrainingArguments(model_name_or_path="x", method="exssnet", load_best_in_phase=True)
     _keep_saved_settings(saved, explicit)
     assert resume_differences(saved, explicit.to_dict()) == ["load_best_in_phase: False -> True"]
+
+
+def test_weight_training_methods_default_to_the_weight_lr_the_grid_measured(tiny_model_dir, tasks, tmp_path):
+    """exssnet, ssnet and wsn train owned values at 1e-3 (every grid figure of theirs); the dense methods and osf,
+    which fall back to weight_learning_rate, keep 5e-5; a value the run sets wins; a run saved with 5e-5 resumes with it."""
+    from exssnet_nlp.training import ContinualTrainingArguments
+    from exssnet_nlp.training.arguments import resume_differences
+    from exssnet_nlp.training.resume import _keep_saved_settings
+
+    for method, expected in (("exssnet", 1e-3), ("ssnet", 1e-3), ("wsn", 1e-3), ("supsup", 5e-5), ("finetune", 5e-5),
+                             ("independent", 5e-5), ("osf", 5e-5), ("lora", 5e-5)):
+        args = ContinualTrainingArguments(model_name_or_path="x", method=method)
+        assert args.weight_learning_rate == expected and args.to_dict()["weight_learning_rate"] == expected, method
+    assert ContinualTrainingArguments(model_name_or_path="x", method="wsn", weight_learning_rate=2e-4).weight_learning_rate == 2e-4
+    args = make_args(tiny_model_dir, tmp_path / "d", "finetune", weight_learning_rate=None)
+    (phase,) = ContinualTrainer(build_model(args), args, tasks[:1]).model.phases()
+    assert learning_rate(args, phase.learning_rate, phase.name) == 5e-5  # dense: its own LR, not exssnet's 1e-3
+    saved = {**ContinualTrainingArguments(model_name_or_path="x", method="exssnet").to_dict(), "weight_learning_rate": 5e-5}
+    now = ContinualTrainingArguments(model_name_or_path="x", method="exssnet")
+    _keep_saved_settings(saved, now)
+    assert now.weight_learning_rate == 5e-5 and resume_differences(saved, now.to_dict()) == []
+    explicit = ContinualTrainingArguments(model_name_or_path="x", method="exssnet", weight_learning_rate=1e-3)
+    _keep_saved_settings(saved, explicit)
+    assert resume_differences(saved, explicit.to_dict()) == ["weight_learning_rate: 5e-05 -> 0.001"]
 
 
 def test_yaml_config_and_cli_overrides(tiny_model_dir, tasks, tmp_path):

@@ -22,8 +22,9 @@ from typing import Any
 _REGISTRY: dict[str, MethodSpec] = {}
 PLUGIN_GROUP, PLUGIN_ENV = "exssnet_nlp.methods", "EXSSNET_NLP_PLUGINS"
 # Trainer settings a method may default for itself, with the trainer's default where it does not: the evidence
-# grid's 2 + 2 epochs, at which every method was compared, and each phase's last state kept.
-TRAINER_DEFAULTS: dict[str, Any] = {"mask_epochs": 2.0, "weight_epochs": 2.0, "load_best_in_phase": False}
+# grid's 2 + 2 epochs, at which every method was compared, each phase's last state kept, and the usual fine-tuning LR.
+TRAINER_DEFAULTS: dict[str, Any] = {"mask_epochs": 2.0, "weight_epochs": 2.0, "load_best_in_phase": False,
+                                    "weight_learning_rate": 5e-5}
 _plugins_loaded = False
 logger = logging.getLogger("exssnet_nlp")
 
@@ -86,7 +87,7 @@ def register_method(name: str, config_class: type, model_class: type | str, *, d
 
     `model_class` may be given as "package.module:Class": it is then imported on first use, so reading the
     method's settings (YAML, `--help`) does not import torch. `trainer_defaults` gives the method's own default of
-    trainer settings named in `TRAINER_DEFAULTS` (`mask_epochs`, `weight_epochs`, `load_best_in_phase`), used when
+    trainer settings named in `TRAINER_DEFAULTS` (epochs, `load_best_in_phase`, `weight_learning_rate`), used when
     the run leaves them unset: a value, or a function of the method's config (e.g. `lambda c: c.density >= 0.3`).
     """
     if not isinstance(name, str) or not name.isidentifier():
