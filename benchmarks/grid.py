@@ -68,6 +68,10 @@ VARIANTS: dict[str, list[str]] = {
     # The weight phase at LR 1e-4 (the grid's 1e-3): at density 0.5 it lowered ag_news, the first task (which owns its
     # whole mask), from supsup's 88.08 to 85.33 (test, mean of three seeds), and its validation accuracy on every seed.
     "wlr1e4": ["--weight_learning_rate", "1e-4"],
+    # Ownership: scores of weights an earlier task's mask holds start at 0.8x, so a later task starts on more free
+    # weights, which exssnet trains (with `magnitude` scores later tasks own 5 to 11% of their masks). The gap study's
+    # 0.5 (one seed) lost 5.19 points, with amazon's mask phase at chance: that was before stuck phases restarted.
+    "reuse08": ["--reuse_score_scale", "0.8"],
     # lora only: rank 48 on the feed-forward layers stores about as many bytes per task as exssnet@0.5 (2.8 MB with the
     # head), alpha kept at 2 * r as at the default rank 8. Is exssnet@0.5 ahead of lora at the same bytes?
     "r48": ["--r", "48", "--lora_alpha", "96"],
