@@ -209,6 +209,16 @@ def serving_bytes(run: dict[str, Any]) -> int:
     return storage["stored_bytes"] - routers
 
 
+def owned_share(run: dict[str, Any]) -> float | None:
+    """Mean share of its mask each later task owns: its stored values over the first task's, which owns its whole mask
+    (the methods that store per-task values store only those they own). None for methods that store no values."""
+    per_task, tasks = run.get("storage_per_task") or {}, run["tasks"]
+    if len(tasks) < 2 or not all(per_task.get(t, {}).get("values") for t in tasks):
+        return None
+    first = per_task[tasks[0]]["values"]
+    return sum(per_task[t]["values"] / first for t in tasks[1:]) / (len(tasks) - 1)
+
+
 def remeasure_storage(results_dir: Path) -> list[str]:
     """Load each cell's checkpoint with this code and record what it stores in the current checkpoint format.
 
@@ -324,6 +334,7 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for metric in ("average_accuracy", "bwt", "forgetting", "fwt"):
             row[metric], row[metric + "_std"] = _mean_std([r[metric] for r in group])
         row["phase_gain"], _ = _mean_std([phase_gain(r) for r in group])
+        row["owned_later"], _ = _mean_std([owned_share(r) for r in group])
         row["bytes_per_task"], row["bytes_per_task_std"] = _mean_std([serving_bytes(r) / n_tasks for r in group])
         row["wall_per_task"], _ = _mean_std([r["wall_seconds"] / n_tasks for r in group])
         row["machines"] = sorted({r.get("machine", {}).get("device", "?") for r in group})
@@ -340,8 +351,8 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| method | density | seeds | avg acc % (mean +- std) | BWT % | forgetting % | FWT % | stored MB per task (no routers) "
-             "| wall s per task | restarts | last phase's val gain % |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| wall s per task | restarts | last phase's val gain % | later tasks own % of their mask |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.2f}"
 
@@ -355,7 +366,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {name} | {density} | {len(r['seeds'])} | {pct(r['average_accuracy'])}{spread} "
             f"| {pct(r['bwt'])} | {pct(r['forgetting'])} | {pct(r['fwt'])} | {r['bytes_per_task'] / 1e6:.3f} "
-            f"| {r['wall_per_task']:.1f} | {r.get('restarts', 0)} | {signed(r.get('phase_gain'))} |")
+            f"| {r['wall_per_task']:.1f} | {r.get('restarts', 0)} | {signed(r.get('phase_gain'))} "
+            f"| {pct(r.get('owned_later'))} |")
     return "\n".join(lines)
 
 

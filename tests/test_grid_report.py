@@ -46,6 +46,24 @@ def test_report_aggregates_seeds_and_draws_the_frontier(grid, tmp_path):
     assert grid.frontier_all(tmp_path) == tmp_path / "frontier.png" and (tmp_path / "frontier.png").exists()
 
 
+def test_the_owned_share_is_each_later_tasks_values_over_the_first_tasks(grid, tmp_path):
+    """The first task owns its whole mask; a later task stores only the values it owns, so the ratio is its share."""
+    results = tmp_path / "grid_cpu"
+    results.mkdir()
+    owning = [run("exssnet", 0.1, seed, 0.6) for seed in (42, 43)]
+    for r, later in zip(owning, (100, 300), strict=True):
+        r["tasks"] = ["a", "b", "c"]
+        r["storage_per_task"] = {"a": {"values": 1000}, "b": {"values": later}, "c": {"values": 2 * later}}
+    runs = [*owning, run("supsup", 0.1, 42, 0.6)]  # no values: no share
+    for i, r in enumerate(runs):
+        (results / f"r{i}.json").write_text(json.dumps(r))
+    text = grid.report(results, tmp_path / "frontier_cpu.png")
+    rows = {r["key"]: r for r in json.loads((results / "summary.json").read_text())["rows"]}
+    assert rows["exssnet@0.1"]["owned_later"] == pytest.approx((0.15 + 0.45) / 2)  # seeds' means of b and c
+    assert rows["supsup@0.1"]["owned_later"] is None
+    assert "| later tasks own % of their mask |" in text and text.count("| 30.00 |") == 1
+
+
 def test_the_last_phases_gain_is_what_it_kept_over_what_the_first_phase_kept(grid, tmp_path):
     """Per task: the last phase's kept validation accuracy minus the first phase's, averaged over tasks and seeds. A
     run with `load_best_in_phase` kept each phase's best point, not its last; one-phase methods have no gain."""
@@ -66,8 +84,8 @@ def test_the_last_phases_gain_is_what_it_kept_over_what_the_first_phase_kept(gri
                                                               "curves": {"a": {"mask": [{"accuracy": 0.5}]}}}))
     text = grid.report(results, None)
     table = [line for line in text.splitlines() if line.startswith("| exssnet") or line.startswith("| supsup")]
-    assert table[0].endswith("| 0 | +20.00 |")  # exssnet: mean of +10 and +30 points
-    assert table[1].endswith("| 0 | - |")  # supsup: one phase
+    assert table[0].endswith("| 0 | +20.00 | - |")  # exssnet: mean of +10 and +30 points
+    assert table[1].endswith("| 0 | - | - |")  # supsup: one phase
     rows = {r["key"]: r for r in json.loads((results / "summary.json").read_text())["rows"]}
     assert rows["exssnet@0.1"]["phase_gain"] == pytest.approx(0.2) and rows["supsup@0.1"]["phase_gain"] is None
 
