@@ -342,21 +342,26 @@ def kkt_tables(data: dict[str, Any]) -> str:
     return "\n\n".join(blocks)
 
 
+def owned_shares(run: dict[str, Any]) -> list[float] | None:
+    """Share of each task's mask that it owns (and so trains in its weight phase), in task order: its stored values
+    over the first task's, which owns its whole mask (a task stores only the values it owns). None for a run that
+    stores no per-task values (supsup, the dense methods)."""
+    per_task, tasks = run.get("storage_per_task") or {}, run["tasks"]
+    if not tasks or not all("values" in per_task.get(t, {}) for t in tasks) or not per_task[tasks[0]]["values"]:
+        return None
+    return [per_task[t]["values"] / per_task[tasks[0]]["values"] for t in tasks]
+
+
 def ownership_table(data: dict[str, Any]) -> str:
-    """Share of each task's mask that it owns (and so trains in its weight phase): owned values / task 0's, which
-    owns its whole mask. Low shares mean later masks sit inside earlier ones, and exssnet has little to train."""
-    runs = [r for r in ordered(data["runs"]) if r.get("storage_per_task")
-            and all("values" in s for s in r["storage_per_task"].values())]
+    """Low shares mean later masks sit inside earlier ones, and exssnet has little to train."""
+    runs = [(r, shares) for r in ordered(data["runs"]) if (shares := owned_shares(r)) is not None]
     if not runs:
         return ""
-    tasks = runs[0]["tasks"]
+    tasks = runs[0][0]["tasks"]
     lines = ["Share of each task's mask it owns (trains in its weight phase), %", "",
              "| run | " + " | ".join(tasks) + " |", "| --- |" + " ---: |" * len(tasks)]
-    for run in runs:
-        per_task = run["storage_per_task"]
-        full = per_task.get(tasks[0], {}).get("values")
-        cells = [_pct(per_task[t]["values"] / full) if full and t in per_task else "-" for t in tasks]
-        lines.append(f"| {run_key(run['method'], run['density'])} | " + " | ".join(cells) + " |")
+    for run, shares in runs:
+        lines.append(f"| {run_key(run['method'], run['density'])} | " + " | ".join(_pct(v) for v in shares) + " |")
     return "\n".join(lines)
 
 

@@ -210,13 +210,9 @@ def serving_bytes(run: dict[str, Any]) -> int:
 
 
 def owned_share(run: dict[str, Any]) -> float | None:
-    """Mean share of its mask each later task owns: its stored values over the first task's, which owns its whole mask
-    (the methods that store per-task values store only those they own). None for methods that store no values."""
-    per_task, tasks = run.get("storage_per_task") or {}, run["tasks"]
-    if len(tasks) < 2 or not all(per_task.get(t, {}).get("values") for t in tasks):
-        return None
-    first = per_task[tasks[0]]["values"]
-    return sum(per_task[t]["values"] / first for t in tasks[1:]) / (len(tasks) - 1)
+    """Mean share of its mask each later task owns (`accuracy.owned_shares`); None where no values are stored."""
+    shares = accuracy.owned_shares(run)
+    return None if shares is None or len(shares) < 2 else sum(shares[1:]) / (len(shares) - 1)
 
 
 def remeasure_storage(results_dir: Path) -> list[str]:
