@@ -7,15 +7,16 @@ from .config import ExSSNetConfig, SSNetConfig
 MODEL = "exssnet_nlp.methods.supermask.model:ExSSNetModel"  # imported on first use (torch)
 BEST_IN_PHASE_FROM_DENSITY = 0.3
 # The weight phase's LR at which the evidence grid measured every weight-training method (three seeds per cell); a
-# few owned values take a larger step than a whole encoder does. 1e-4 moved exssnet@0.5 +0.39 (noise), 5e-5 -0.37 at
-# 0.1 (one seed).
+# few owned values take a larger step than a whole encoder does. 1e-4 moved exssnet@0.5 +0.39 (noise) and -1.00 with
+# load_best_in_phase (its default there), 5e-5 -0.37 at 0.1 (one seed).
 WEIGHT_LR = {"weight_learning_rate": 1e-3}
 
 
 def best_in_phase(config: ExSSNetConfig) -> bool:
     """exssnet's default `load_best_in_phase`: on from density BEST_IN_PHASE_FROM_DENSITY. Evidence grid, three
     seeds each: +0.97 at 0.5 (the weight phase lowered ag_news, the task that owns its whole mask), +0.71 at 0.3,
-    -0.72 at 0.1, -0.62 at 0.05 (80 validation examples pick a worse point as often as a better one)."""
+    -0.72 at 0.1, -0.62 at 0.05 (80 validation examples pick a worse point as often as a better one), -0.25 at 0.7
+    (noise). For ssnet@0.1 it cost 1.30 and for wsn@0.1 0.10, so theirs stays off."""
     return config.density >= BEST_IN_PHASE_FROM_DENSITY
 
 
