@@ -42,8 +42,11 @@ def test_lora_isolation_round_trip_export_and_storage(arch, tmp_path):
     assert any(layer.lora_B["task1"].weight.abs().sum() > 0 for layer in model.lora_layers().values())
     # Finished adapters are buffers: no optimizer can reach them.
     assert not [n for n, _ in model.named_parameters() if "lora_" in n]
+    # A mixed batch runs each task's rows as a sub-batch: some CPUs' kernels round differently by batch shape (an Intel
+    # Xeon did, by up to 6e-8), so it is compared as the masked methods' mixed batches are (tests/test_core.py).
     mixed = model(batch[0], batch[1], task=["A", "B"] * 4).logits
-    assert torch.equal(mixed[0::2], logits(model, batch, "A")[0::2]) and torch.equal(mixed[1::2], logits(model, batch, "B")[1::2])
+    assert torch.allclose(mixed[0::2], logits(model, batch, "A")[0::2], atol=1e-6)
+    assert torch.allclose(mixed[1::2], logits(model, batch, "B")[1::2], atol=1e-6)
 
     # Storage: the adapter (r * (in + out) per targeted linear) plus the head.
     linears = [model.encoder.get_submodule(n).get_base_layer() for n in model.target_module_names]

@@ -88,8 +88,7 @@ class ContinualTrainingArguments:
     load_best_in_phase: bool | None = field(default=None, metadata={
         "help": "Per phase, keep what it trains at its best validation point, its start included (a weight phase that "
                 "lowers validation accuracy is undone), as transformers' load_best_model_at_end does per run. Default "
-                "(null): the method's: on only for exssnet at density >= 0.3 (grid: +0.97 at 0.5, +0.71 at 0.3, "
-                "-0.72 at 0.1; ssnet@0.1 -1.29, wsn@0.1 -0.10)."})
+                "(null): the method's: on only for exssnet at density >= 0.3 (grid: +0.97 at 0.5, -0.72 at 0.1, ssnet -1.29)."})
     # Adam on scores sometimes leaves a whole mask phase at chance (Amazon in two gap-study variants): a restart
     # with another head init and data order costs one phase and rescues the task; it never fires on a phase that learns.
     restart_stuck_tasks: int = field(default=1, metadata={
